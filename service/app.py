@@ -1,0 +1,42 @@
+"""create_app(settings): wiring only — state, routers, error handlers, limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.api import health, models, predict, problems
+from service.api.limits import BodyLimit
+from service.settings import Settings
+from service.state import AppState
+
+log = logging.getLogger("cnnvis")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = AppState.open(settings)
+        app.state.cnnvis = state
+        log.info("store %s: %d models", settings.store, len(state.store.names()))
+        yield
+
+    app = FastAPI(
+        title="cnnvis",
+        version=__version__,
+        description="CNN visualizations for ONNX image classifiers: CAM and Grad-CAM family,"
+        " gradient maps, perturbation maps, activation and filter tiles.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       max_upload_bytes=settings.max_model_bytes)
+    problems.install(app)
+    for module in (health, models, predict):
+        app.include_router(module.router)
+    return app

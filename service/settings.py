@@ -1,0 +1,47 @@
+"""Every knob and limit of the service, read from ``CNNVIS_*`` environment variables.
+
+Defaults are chosen for one process on one machine; docs/operations.md lists them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CNNVIS_", extra="ignore")
+
+    # Where models live.
+    store: Path = Field(Path("store"), description="Model store root folder.")
+    read_only_store: bool = Field(False, description="Refuse registration and deletion.")
+
+    # onnxruntime.
+    providers: list[str] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="Preferred onnxruntime providers, in order; unavailable ones are skipped.",
+    )
+    intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime's default.")
+    inter_op_threads: int = Field(0, ge=0, description="0 = onnxruntime's default.")
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
+    gpu_device_id: int = 0
+    session_cache_size: int = Field(16, ge=1, description="onnxruntime sessions kept open.")
+
+    # Limits on what a client may send.
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Request body size.")
+    max_image_bytes: int = Field(16 * 1024 * 1024, ge=1, description="One encoded image.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Width x height of one image.")
+    max_images: int = Field(16, ge=1, description="Images per request.")
+    max_model_bytes: int = Field(1024 * 1024 * 1024, ge=1, description="Uploaded model size.")
+    max_top_k: int = Field(100, ge=1, description="Largest top_k / number of targets.")
+
+    # Security.
+    admin_token: str | None = Field(None, description="Bearer token for model registration.")
+    api_tokens: list[str] = Field(
+        default_factory=list, description="Bearer tokens for explain endpoints (empty = open)."
+    )
+
+    log_level: str = "info"
