@@ -9,6 +9,7 @@ import onnx
 from onnx import inliner, shape_inference
 
 from models_store.errors import LayerNotFound
+from models_store.fold import fold_constants
 from models_store.graph import Dim, value_info
 
 
@@ -39,6 +40,7 @@ def summarize(model: onnx.ModelProto, image: str, score: str) -> GraphSummary:
     """Candidate layers are rank-4 float tensors that depend on ``image`` and feed ``score``."""
     if model.functions:
         model = inliner.inline_local_functions(model)
+    model = fold_constants(model)  # static pads and shapes for shape inference
     inferred = shape_inference.infer_shapes(model)
     shapes = {v.name: value_info(v) for v in inferred.graph.value_info}
     shapes.update({v.name: value_info(v) for v in inferred.graph.output})

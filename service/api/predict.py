@@ -41,7 +41,7 @@ async def predict(
     card = record.card
 
     def run() -> tuple[list[list[Prediction]], str, float]:
-        batch, _ = preprocess(parsed.images, card.input)
+        batch = preprocess(parsed.images, card.input)
         session = state.session(record)
         t0 = time.perf_counter()
         (scores,) = session.run([card.output.name], {card.input.name: batch})

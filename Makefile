@@ -1,0 +1,49 @@
+# Two commands for a new user: `make serve` and `make test`. Both start from a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STORE ?= store
+DEFAULT_MODEL ?= efficientnet-lite0
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint typecheck store bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# The service plus the zoo extra (torch, only to export the pretrained default model once).
+$(VENV)/.installed-serve: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[zoo]'
+	touch $@
+
+# Everything for the test suite: reference libraries (pytorch-grad-cam, captum, onnx-ad), torchvision.
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-serve
+
+$(STORE)/$(DEFAULT_MODEL): | $(VENV)/.installed-serve
+	$(VENV)/bin/cnnvis --store $(STORE) zoo add $(DEFAULT_MODEL)
+
+store: $(VENV)/.installed-serve $(STORE)/$(DEFAULT_MODEL)
+
+serve: store
+	$(VENV)/bin/cnnvis serve --host $(HOST) --port $(PORT) --store $(STORE)
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed-dev
+	$(VENV)/bin/mypy service schemas models_store
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/companion_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

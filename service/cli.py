@@ -1,0 +1,101 @@
+"""The ``cnnvis`` command: serve, manage the model store, install zoo models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from models_store.errors import ProblemError
+from models_store.store import ModelStore, parse_ref
+from schemas.card import ModelCard
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cnnvis", description=__doc__)
+    parser.add_argument("--store", type=Path, help="Model store folder (env CNNVIS_STORE).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="Run the HTTP service.")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--store", type=Path, dest="serve_store", help="Model store folder.")
+
+    models = sub.add_parser("models", help="Manage the model store.").add_subparsers(
+        dest="action", required=True
+    )
+    add = models.add_parser("add", help="Register an ONNX model with its card.")
+    add.add_argument("model", type=Path)
+    add.add_argument("--card", type=Path, required=True)
+    models.add_parser("list", help="List models and versions.")
+    rm = models.add_parser("rm", help="Delete NAME or NAME@VERSION.")
+    rm.add_argument("ref")
+
+    zoo = sub.add_parser("zoo", help="Pretrained models (needs the zoo extra).").add_subparsers(
+        dest="action", required=True
+    )
+    zoo_add = zoo.add_parser("add", help="Export and register a zoo model if missing.")
+    zoo_add.add_argument("name")
+    zoo.add_parser("list", help="Available zoo models.")
+
+    args = parser.parse_args(argv)
+    settings = Settings()
+    store_path = getattr(args, "serve_store", None) or args.store or settings.store
+    settings = settings.model_copy(update={"store": store_path})
+    try:
+        return _run(args, settings)
+    except ProblemError as exc:
+        print(f"cnnvis: {exc.title.lower()}: {exc.detail}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "serve":
+        import uvicorn
+
+        from service.app import create_app
+
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=30,
+        )
+        return 0
+    store = ModelStore(settings.store)
+    if args.command == "models":
+        if args.action == "add":
+            card = ModelCard.model_validate(json.loads(args.card.read_text()))
+            record = store.add(args.model.read_bytes(), card)
+            print(f"registered {record.ref} (sha256 {record.sha256[:12]})")
+        elif args.action == "list":
+            for name in store.names():
+                print(f"{name}\t{', '.join(store.versions(name))}")
+        elif args.action == "rm":
+            name, version = parse_ref(args.ref)
+            for v in store.remove(name, version):
+                print(f"removed {name}@{v}")
+        return 0
+    if args.command == "zoo":
+        from service import zoo
+
+        if args.action == "list":
+            print("\n".join(sorted(zoo.ZOO)))
+            return 0
+        if args.name not in zoo.ZOO:
+            print(f"cnnvis: unknown zoo model {args.name!r}; try: {', '.join(zoo.ZOO)}",
+                  file=sys.stderr)
+            return 2
+        already = args.name in store.names()
+        record = zoo.install(store, args.name)
+        print(f"{'present' if already else 'installed'}: {record.ref} in {store.root}")
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
