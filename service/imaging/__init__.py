@@ -16,6 +16,7 @@ from service.imaging.preprocess import (
     plan_geometry,
     preprocess,
     preprocess_with_geometry,
+    scale_box,
     to_original,
 )
 from service.imaging.render import (
@@ -50,6 +51,7 @@ __all__ = [
     "preprocess_with_geometry",
     "reduce_gradient",
     "resize_map",
+    "scale_box",
     "tile_grid",
     "to_base64",
     "to_mode",

@@ -9,7 +9,10 @@ conversion.
 Pillow's own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``, ~89 Mpx) stays in place: it
 raises ``DecompressionBombError`` above twice that and warns above it; the warning is turned
 into an error only inside our ``warnings.catch_warnings`` block (no global state is changed),
-so the effective limit is ``min(max_pixels, Image.MAX_IMAGE_PIXELS)``.
+so the effective limit is ``min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS)`` — or
+``Image.MAX_IMAGE_PIXELS`` where the filter holds. (``catch_warnings`` is process-wide in
+Python 3.11, so under concurrent decodes another thread may restore the filters early and the
+warning is merely emitted; our own header check, which runs first, is the real guard.)
 
 Transparency is composited onto **white**: transparent PNG/WebP/GIF files are overwhelmingly
 cut-outs meant to be seen on a light page (product shots, icons), which is also how a browser

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -40,6 +41,7 @@ __all__ = [
     "plan_geometry",
     "preprocess",
     "preprocess_with_geometry",
+    "scale_box",
     "to_original",
 ]
 
@@ -115,7 +117,7 @@ def preprocess_with_geometry(
     """:func:`preprocess` that also returns each image's :class:`Geometry`."""
     if not images:
         raise ValueError("preprocess needs at least one image")
-    mode = "L" if spec.color == "L" else "RGB"
+    mode: Literal["RGB", "L"] = "L" if spec.color == "L" else "RGB"
     mean = _per_channel(spec.mean, spec.channels)
     std = _per_channel(spec.std, spec.channels)
     scale = np.float32(spec.scale)
@@ -200,3 +202,13 @@ def box_to_input(box: Sequence[float], geometry: Geometry) -> tuple[float, float
         clip(x1 * sx - left, w),
         clip(y1 * sy - top, h),
     )
+
+
+def scale_box(
+    box: Sequence[float], from_size: tuple[int, int], to_size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """Rescale an ``[x0, y0, x1, y1]`` box between two grids covering the same area, e.g. from
+    the input map (``geometry.input_size``) to a layer's (h, w) feature map."""
+    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)

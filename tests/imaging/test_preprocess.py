@@ -9,6 +9,7 @@ from service.imaging.preprocess import (
     plan_geometry,
     preprocess,
     preprocess_with_geometry,
+    scale_box,
     to_original,
 )
 
@@ -145,3 +146,7 @@ def test_preprocess_accepts_any_mode():
     rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
     out = preprocess([rgba], InputSpec(height=4, width=4, scale=1.0, mean=[0.0], std=[1.0]))
     assert np.all(out == 255.0)  # transparent -> white background
+
+
+def test_scale_box_to_feature_grid():
+    assert scale_box([32, 0, 224, 112], (224, 224), (7, 7)) == (1.0, 0.0, 7.0, 3.5)
