@@ -38,6 +38,7 @@ from service.imaging.decode import to_8bit
 __all__ = [
     "Geometry",
     "box_to_input",
+    "input_window",
     "plan_geometry",
     "preprocess",
     "preprocess_with_geometry",
@@ -95,6 +96,11 @@ def plan_geometry(original_size: tuple[int, int], spec: InputSpec) -> Geometry:
         resized_size=(rh, rw),
         crop_box=(left, top, left + spec.width, top + spec.height),
     )
+
+
+def input_window(img: Image.Image, geometry: Geometry) -> Image.Image:
+    """The part of ``img`` the model sees, at the model's input size (for overlays)."""
+    return _resize_and_crop(img, geometry)
 
 
 def _resize_and_crop(img: Image.Image, geometry: Geometry) -> Image.Image:
