@@ -1,0 +1,172 @@
+"""Pointwise nonlinearities and the softmax family.
+
+Only ``Relu`` follows the requested ReLU rule (guided: g·(y>0)·(g>0), deconvnet: relu(g));
+every other activation (Clip/ReLU6, LeakyRelu, HardSwish, GELU, SiLU...) keeps its true
+derivative whatever the rule, as Captum's GuidedBackprop/Deconvolution do (they override
+nn.ReLU only). Where PyTorch's backward differs from the textbook at a kink we follow PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..context import RuleContext, vjp
+
+
+@vjp("Relu")
+def relu(ctx: RuleContext) -> list[str | None]:
+    g = ctx.grad_out(0)
+    if ctx.relu_rule == "deconvnet":
+        return [ctx.emit("Relu", g)]
+    # From the output y: keeps the forward Conv+Relu fusion intact.
+    alive = ctx.emit("Greater", ctx.y(0), ctx.zero)
+    if ctx.relu_rule == "guided":
+        alive = ctx.emit("And", alive, ctx.emit("Greater", g, ctx.zero))
+    return [ctx.emit("Where", alive, g, ctx.zero)]
+
+
+@vjp("Clip")
+def clip(ctx: RuleContext) -> list[str | None]:
+    # PyTorch's hardtanh backward passes the gradient only strictly inside (min, max).
+    g, x = ctx.grad_out(0), ctx.x(0)
+    inside = None
+    for index, op in ((1, "Greater"), (2, "Less")):
+        bound = ctx.x(index) if ctx.has_input(index) else None
+        if bound is None:
+            attr = ctx.attr("min" if index == 1 else "max")  # opset < 11 form
+            if attr is None:
+                continue
+            bound = ctx.scalar(attr)
+        test = ctx.emit(op, x, bound)
+        inside = test if inside is None else ctx.emit("And", inside, test)
+    return [g if inside is None else ctx.emit("Where", inside, g, ctx.zero)]
+
+
+@vjp("LeakyRelu")
+def leaky_relu(ctx: RuleContext) -> list[str | None]:
+    g = ctx.grad_out(0)
+    slope = ctx.scalar(ctx.attr("alpha", 0.01))
+    positive = ctx.emit("Greater", ctx.x(0), ctx.zero)
+    return [ctx.emit("Where", positive, g, ctx.emit("Mul", g, slope))]
+
+
+@vjp("PRelu")
+def prelu(ctx: RuleContext) -> list[str | None]:
+    g = ctx.grad_out(0)
+    positive = ctx.emit("Greater", ctx.x(0), ctx.zero)
+    return [ctx.emit("Where", positive, g, ctx.emit("Mul", g, ctx.x(1))), None]
+
+
+@vjp("Elu")
+def elu(ctx: RuleContext) -> list[str | None]:
+    g, x, y = ctx.grad_out(0), ctx.x(0), ctx.y(0)
+    alpha = ctx.scalar(ctx.attr("alpha", 1.0))
+    negative_slope = ctx.emit("Add", y, alpha)  # alpha * exp(x) for x <= 0
+    positive = ctx.emit("Greater", x, ctx.zero)
+    return [ctx.emit("Mul", g, ctx.emit("Where", positive, ctx.one, negative_slope))]
+
+
+@vjp("Sigmoid")
+def sigmoid(ctx: RuleContext) -> list[str | None]:
+    y = ctx.y(0)
+    return [ctx.emit("Mul", ctx.grad_out(0), ctx.emit("Mul", y, ctx.emit("Sub", ctx.one, y)))]
+
+
+@vjp("HardSigmoid")
+def hard_sigmoid(ctx: RuleContext) -> list[str | None]:
+    alpha, beta = ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5)
+    # 0 < alpha x + beta < 1, tested on x with bounds computed in double precision (strict,
+    # as PyTorch's hardsigmoid_backward: -3 < x < 3 for alpha = 1/6).
+    lo, hi = -beta / alpha, (1.0 - beta) / alpha
+    x = ctx.x(0)
+    inside = ctx.emit(
+        "And", ctx.emit("Greater", x, ctx.scalar(lo)), ctx.emit("Less", x, ctx.scalar(hi))
+    )
+    scaled = ctx.emit("Mul", ctx.grad_out(0), ctx.scalar(alpha))
+    return [ctx.emit("Where", inside, scaled, ctx.zero)]
+
+
+@vjp("HardSwish")
+def hard_swish(ctx: RuleContext) -> list[str | None]:
+    # PyTorch: 0 for x < -3, x/3 + 1/2 for -3 <= x <= 3, 1 above (so -1/2 at exactly -3).
+    x, g = ctx.x(0), ctx.grad_out(0)
+    ramp = ctx.emit("Add", ctx.emit("Mul", x, ctx.scalar(1.0 / 3.0)), ctx.scalar(0.5))
+    upper = ctx.emit("Where", ctx.emit("Greater", x, ctx.scalar(3.0)), ctx.one, ramp)
+    slope = ctx.emit("Where", ctx.emit("Less", x, ctx.scalar(-3.0)), ctx.zero, upper)
+    return [ctx.emit("Mul", g, slope)]
+
+
+@vjp("Tanh")
+def tanh(ctx: RuleContext) -> list[str | None]:
+    y = ctx.y(0)
+    return [ctx.emit("Mul", ctx.grad_out(0), ctx.emit("Sub", ctx.one, ctx.emit("Mul", y, y)))]
+
+
+def _gaussian(ctx: RuleContext, x: str, scale: float) -> str:
+    """scale * exp(-x^2 / 2)."""
+    x2 = ctx.emit("Mul", x, x)
+    e = ctx.emit("Exp", ctx.emit("Mul", x2, ctx.scalar(-0.5)))
+    return ctx.emit("Mul", e, ctx.scalar(scale))
+
+
+@vjp("Erf")
+def erf(ctx: RuleContext) -> list[str | None]:
+    x = ctx.x(0)
+    x2 = ctx.emit("Mul", x, x)
+    slope = ctx.emit(
+        "Mul", ctx.emit("Exp", ctx.emit("Neg", x2)), ctx.scalar(2 / math.sqrt(math.pi))
+    )
+    return [ctx.emit("Mul", ctx.grad_out(0), slope)]
+
+
+@vjp("Gelu")
+def gelu(ctx: RuleContext) -> list[str | None]:
+    x, g = ctx.x(0), ctx.grad_out(0)
+    if ctx.attr("approximate", "none") == "tanh":
+        k = math.sqrt(2 / math.pi)
+        x2 = ctx.emit("Mul", x, x)
+        inner = ctx.emit(
+            "Mul",
+            ctx.emit("Mul", x, ctx.emit("Add", ctx.one, ctx.emit("Mul", x2, ctx.scalar(0.044715)))),
+            ctx.scalar(k),
+        )
+        t = ctx.emit("Tanh", inner)
+        d_inner = ctx.emit(
+            "Mul",
+            ctx.emit("Add", ctx.one, ctx.emit("Mul", x2, ctx.scalar(3 * 0.044715))),
+            ctx.scalar(k),
+        )
+        half = ctx.scalar(0.5)
+        left = ctx.emit("Mul", half, ctx.emit("Add", ctx.one, t))
+        sech2 = ctx.emit("Sub", ctx.one, ctx.emit("Mul", t, t))
+        right = ctx.emit("Mul", ctx.emit("Mul", ctx.emit("Mul", half, x), sech2), d_inner)
+        return [ctx.emit("Mul", g, ctx.emit("Add", left, right))]
+    # d/dx x·Phi(x) = Phi(x) + x·phi(x)
+    cdf = ctx.emit(
+        "Mul",
+        ctx.emit("Add", ctx.one, ctx.emit("Erf", ctx.emit("Mul", x, ctx.scalar(1 / math.sqrt(2))))),
+        ctx.scalar(0.5),
+    )
+    pdf = _gaussian(ctx, x, 1 / math.sqrt(2 * math.pi))
+    return [ctx.emit("Mul", g, ctx.emit("Add", cdf, ctx.emit("Mul", x, pdf)))]
+
+
+@vjp("Softplus")
+def softplus(ctx: RuleContext) -> list[str | None]:
+    return [ctx.emit("Mul", ctx.grad_out(0), ctx.emit("Sigmoid", ctx.x(0)))]
+
+
+@vjp("Softmax")
+def softmax(ctx: RuleContext) -> list[str | None]:
+    axis = ctx.attr("axis", -1) % ctx.rank(ctx.x(0))
+    y, g = ctx.y(0), ctx.grad_out(0)
+    dot = ctx.reduce_sum(ctx.emit("Mul", g, y), [axis])
+    return [ctx.emit("Mul", y, ctx.emit("Sub", g, dot))]
+
+
+@vjp("LogSoftmax")
+def log_softmax(ctx: RuleContext) -> list[str | None]:
+    axis = ctx.attr("axis", -1) % ctx.rank(ctx.x(0))
+    y, g = ctx.y(0), ctx.grad_out(0)
+    total = ctx.reduce_sum(g, [axis])
+    return [ctx.emit("Sub", g, ctx.emit("Mul", ctx.emit("Exp", y), total))]

@@ -1,0 +1,213 @@
+"""Data movement: the gradient is the same numbers moved back into the input's layout."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper, numpy_helper
+
+from models_store.errors import UnsupportedModel
+
+from ..context import RuleContext, vjp
+
+_HUGE = 2**62  # Slice ends this large mean "to the end"
+
+
+@vjp("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(ctx: RuleContext) -> list[str | None]:
+    # Shape(x) rather than a baked shape: the batch dimension stays dynamic.
+    return [ctx.reshape_like(ctx.grad_out(0), ctx.x(0))]
+
+
+@vjp("Identity", "Dropout")
+def identity(ctx: RuleContext) -> list[str | None]:
+    return [ctx.grad_out(0)]
+
+
+@vjp("Cast")
+def cast(ctx: RuleContext) -> list[str | None]:
+    elem = helper.np_dtype_to_tensor_dtype(ctx.dtype(ctx.x(0)))
+    return [ctx.emit("Cast", ctx.grad_out(0), to=elem)]
+
+
+@vjp("Transpose")
+def transpose(ctx: RuleContext) -> list[str | None]:
+    rank = ctx.rank(ctx.x(0))
+    perm = ctx.attr("perm") or list(reversed(range(rank)))
+    inverse = [0] * rank
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return [ctx.emit("Transpose", ctx.grad_out(0), perm=inverse)]
+
+
+def _static_dim(ctx: RuleContext, name: str, axis: int) -> int:
+    dim = ctx.shape(name)[axis]
+    if not isinstance(dim, int):
+        raise UnsupportedModel(
+            f"{ctx.node.op_type} {ctx.node.name!r} works along a dynamic axis ({axis})"
+        )
+    return dim
+
+
+@vjp("Concat")
+def concat(ctx: RuleContext) -> list[str | None]:
+    rank = ctx.rank(ctx.y(0))
+    axis = ctx.attr("axis") % rank
+    grads: list[str | None] = []
+    start = 0
+    for i in range(ctx.n_inputs()):
+        size = _static_dim(ctx, ctx.x(i), axis)
+        if ctx.needs(i):
+            grads.append(ctx.slice(ctx.grad_out(0), [start], [start + size], [axis]))
+        else:
+            grads.append(None)
+        start += size
+    return grads
+
+
+@vjp("Split")
+def split(ctx: RuleContext) -> list[str | None]:
+    axis = ctx.attr("axis", 0) % ctx.rank(ctx.x(0))
+    parts = []
+    for i, out in enumerate(ctx.node.output):
+        g = ctx.grad_out(i)
+        if g is None:  # an unused output contributes zeros
+            zero = numpy_helper.from_array(np.zeros(1, ctx.dtype()))
+            g = ctx.emit("ConstantOfShape", ctx.shape_of(out), value=zero)
+        parts.append(g)
+    return [parts[0] if len(parts) == 1 else ctx.emit("Concat", *parts, axis=axis), None]
+
+
+@vjp("Slice")
+def slice_(ctx: RuleContext) -> list[str | None]:
+    x = ctx.x(0)
+    shape = ctx.shape(x)
+    rank = len(shape)
+    starts, ends = ctx.int_list(ctx.x(1)), ctx.int_list(ctx.x(2))
+    axes = ctx.int_list(ctx.x(3)) if ctx.has_input(3) else None
+    steps = ctx.int_list(ctx.x(4)) if ctx.has_input(4) else None
+    if (
+        starts is None
+        or ends is None
+        or (ctx.has_input(3) and axes is None)
+        or (ctx.has_input(4) and steps is None)
+    ):
+        raise UnsupportedModel(f"Slice {ctx.node.name!r} has non-constant bounds")
+    axes = axes or list(range(len(starts)))
+    steps = steps or [1] * len(starts)
+    g = ctx.grad_out(0)
+    pads = [0] * (2 * rank)
+    flip_axes = []
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis %= rank
+        dim = shape[axis]
+        if not isinstance(dim, int):
+            if step == 1 and start == 0 and end >= _HUGE:
+                continue
+            raise UnsupportedModel(f"Slice {ctx.node.name!r} cuts a dynamic axis")
+        if step == 1:
+            lo = min(max(start + dim if start < 0 else start, 0), dim)
+            hi = min(max(end + dim if end < 0 else end, 0), dim)
+            hi = max(hi, lo)
+        elif step == -1:
+            first = min(max(start + dim if start < 0 else start, 0), dim - 1)
+            stop = min(max(end + dim if end < 0 else end, -1), dim - 1)
+            lo, hi = stop + 1, first + 1
+            flip_axes.append(axis)
+        else:
+            raise UnsupportedModel(f"Slice {ctx.node.name!r}: step {step} is not supported")
+        pads[axis], pads[rank + axis] = lo, dim - hi
+    if flip_axes:
+        n = len(flip_axes)
+        g = ctx.emit(
+            "Slice",
+            g,
+            ctx.ints([-1] * n),
+            ctx.ints([-_HUGE] * n),
+            ctx.ints(flip_axes),
+            ctx.ints([-1] * n),
+        )
+    if any(pads):
+        g = ctx.pad(g, pads)
+    return [g, None, None, None, None]
+
+
+@vjp("Pad")
+def pad(ctx: RuleContext) -> list[str | None]:
+    mode = ctx.attr("mode", "constant")
+    if mode != "constant":
+        raise UnsupportedModel(f"Pad {ctx.node.name!r}: mode {mode!r} has no gradient rule")
+    rank = ctx.rank(ctx.x(0))
+    pads = ctx.attr("pads") or ctx.int_list(ctx.x(1))
+    if pads is None:
+        raise UnsupportedModel(f"Pad {ctx.node.name!r} has non-constant pads")
+    axes = ctx.int_list(ctx.x(3)) if ctx.has_input(3) else None
+    axes = [a % rank for a in axes] if axes else list(range(rank))
+    n = len(axes)
+    g = ctx.grad_out(0)
+    starts, ends, slice_axes = [], [], []
+    regrow = [0] * (2 * rank)
+    for j, axis in enumerate(axes):
+        before, after = pads[j], pads[n + j]
+        if before > 0 or after > 0:
+            starts.append(max(before, 0))
+            ends.append(-after if after > 0 else _HUGE)
+            slice_axes.append(axis)
+        regrow[axis], regrow[rank + axis] = max(-before, 0), max(-after, 0)
+    if slice_axes:
+        g = ctx.slice(g, starts, ends, slice_axes)
+    if any(regrow):  # negative pads cropped the input: those positions get zeros
+        g = ctx.pad(g, regrow)
+    return [g, None, None, None]
+
+
+def _one_hot(indices: np.ndarray, depth: int, dtype: np.dtype) -> np.ndarray:
+    flat = indices.reshape(-1)
+    matrix = np.zeros((flat.size, depth), dtype=dtype)
+    matrix[np.arange(flat.size), flat] = 1
+    return matrix
+
+
+@vjp("Gather")
+def gather(ctx: RuleContext) -> list[str | None]:
+    indices = ctx.constant(ctx.x(1))
+    if indices is None:
+        raise UnsupportedModel(f"Gather {ctx.node.name!r}: indices must be constants")
+    x = ctx.x(0)
+    rank = ctx.rank(x)
+    axis = ctx.attr("axis", 0) % rank
+    dim = _static_dim(ctx, x, axis)
+    indices = np.where(indices < 0, indices + dim, indices).astype(np.int64)
+    g = ctx.grad_out(0)
+    if indices.ndim == 0:  # x[..., i, ...]: put the slice back in place
+        index = int(indices)
+        pads = [0] * (2 * rank)
+        pads[axis], pads[rank + axis] = index, dim - index - 1
+        return [ctx.pad(ctx.unsqueeze(g, [axis]), pads), None]
+    if indices.ndim != 1:
+        raise UnsupportedModel(f"Gather {ctx.node.name!r}: only 0-D/1-D indices are supported")
+    # Move the gathered axis last, contract it with the one-hot (m, dim), move it back.
+    perm = [*[a for a in range(rank) if a != axis], axis]
+    inverse = [perm.index(a) for a in range(rank)]
+    moved = ctx.emit("Transpose", g, perm=perm) if axis != rank - 1 else g
+    back = ctx.emit("MatMul", moved, ctx.const(_one_hot(indices, dim, ctx.dtype())))
+    return [ctx.emit("Transpose", back, perm=inverse) if axis != rank - 1 else back, None]
+
+
+@vjp("GatherND")
+def gather_nd(ctx: RuleContext) -> list[str | None]:
+    """Constant indices (dynamo's adaptive pooling): dX = onehot^T @ g on the indexed dims."""
+    indices = ctx.constant(ctx.x(1))
+    if indices is None or ctx.attr("batch_dims", 0):
+        raise UnsupportedModel(
+            f"GatherND {ctx.node.name!r}: only constant indices with batch_dims=0 are supported"
+        )
+    x = ctx.x(0)
+    q = indices.shape[-1]
+    lead = [_static_dim(ctx, x, a) for a in range(q)]
+    flat = np.ravel_multi_index(
+        tuple(np.where(indices < 0, indices + np.array(lead), indices).reshape(-1, q).T), lead
+    )
+    one_hot_t = np.ascontiguousarray(_one_hot(flat, int(np.prod(lead)), ctx.dtype()).T)
+    g = ctx.emit("Reshape", ctx.grad_out(0), ctx.ints([flat.size, -1]))
+    back = ctx.emit("MatMul", ctx.const(one_hot_t), g)
+    return [ctx.reshape_like(back, x), None]
