@@ -13,6 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from models_store.errors import LayerNotFound, UnsupportedModel
+from models_store.fold import fold_constants
 
 from .context import Shape
 
@@ -36,13 +37,16 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inline model-local functions, lift old opsets to 13, infer shapes."""
+    """Inline model-local functions, lift old opsets to 13, fold constants, infer shapes."""
     if len(model.functions):
         model = onnx.inliner.inline_local_functions(model)
     if default_opset(model) < MIN_OPSET:
         from onnx import version_converter
 
         model = version_converter.convert_version(model, MIN_OPSET)
+    # exporters leave pads and shapes as ConstantOfShape/Concat/Cast chains; folded, they
+    # become initializers and shape inference sees static sizes
+    model = fold_constants(model)
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:
