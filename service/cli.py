@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     models.add_parser("list", help="List models and versions.")
     rm = models.add_parser("rm", help="Delete NAME or NAME@VERSION.")
     rm.add_argument("ref")
+    build = models.add_parser(
+        "build", help="Derive companion graphs ahead of time (default: the default layer)."
+    )
+    build.add_argument("refs", nargs="*", metavar="NAME[@VERSION]")
+    build.add_argument("--all", action="store_true", help="Every model in the store.")
+    build.add_argument("--layer", action="append", help="Layer tensor (repeatable).")
+    build.add_argument("--rule", choices=["standard", "guided", "deconvnet"], default="standard")
+    build.add_argument("--input-gradient", action="store_true", help="Also d score / d image.")
 
     zoo = sub.add_parser("zoo", help="Pretrained models (needs the zoo extra).").add_subparsers(
         dest="action", required=True
@@ -75,6 +83,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "list":
             for name in store.names():
                 print(f"{name}\t{', '.join(store.versions(name))}")
+        elif args.action == "build":
+            return _build(store, args)
         elif args.action == "rm":
             name, version = parse_ref(args.ref)
             for v in store.remove(name, version):
@@ -95,6 +105,36 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{'present' if already else 'installed'}: {record.ref} in {store.root}")
         return 0
     return 1
+
+
+def _build(store: ModelStore, args: argparse.Namespace) -> int:
+    import time
+
+    from models_store.companion import load_or_build
+    from models_store.graph import graph_inputs, graph_outputs
+    from models_store.inspect import summarize
+
+    refs = store.names() if args.all else args.refs
+    if not refs:
+        print("cnnvis: name models to build, or pass --all", file=sys.stderr)
+        return 2
+    for ref in refs:
+        record = store.resolve(ref)
+        layers = args.layer
+        if not layers:
+            image = record.card.input.name or graph_inputs(record.model)[0].name
+            score = record.card.output.name or graph_outputs(record.model)[0].name
+            default = record.card.default_layer or summarize(record.model, image, score).default_layer
+            layers = [default] if default else []
+        started = time.perf_counter()
+        path, _ = load_or_build(
+            record.derived_dir, record.model_path, record.sha256, layers, args.rule,
+            args.input_gradient,
+        )
+        took = time.perf_counter() - started
+        print(f"{record.ref}: {', '.join(layers) or '(input only)'} [{args.rule}]"
+              f" -> {path.name} ({took:.1f} s)")
+    return 0
 
 
 if __name__ == "__main__":
