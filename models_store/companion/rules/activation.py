@@ -88,11 +88,11 @@ def hard_sigmoid(ctx: RuleContext) -> list[str | None]:
 
 @vjp("HardSwish")
 def hard_swish(ctx: RuleContext) -> list[str | None]:
-    # PyTorch: 0 for x < -3, x/3 + 1/2 for -3 <= x <= 3, 1 above (so -1/2 at exactly -3).
+    # PyTorch: 0 for x <= -3, x/3 + 1/2 strictly inside (-3, 3), 1 for x >= 3.
     x, g = ctx.x(0), ctx.grad_out(0)
     ramp = ctx.emit("Add", ctx.emit("Mul", x, ctx.scalar(1.0 / 3.0)), ctx.scalar(0.5))
-    upper = ctx.emit("Where", ctx.emit("Greater", x, ctx.scalar(3.0)), ctx.one, ramp)
-    slope = ctx.emit("Where", ctx.emit("Less", x, ctx.scalar(-3.0)), ctx.zero, upper)
+    upper = ctx.emit("Where", ctx.emit("GreaterOrEqual", x, ctx.scalar(3.0)), ctx.one, ramp)
+    slope = ctx.emit("Where", ctx.emit("LessOrEqual", x, ctx.scalar(-3.0)), ctx.zero, upper)
     return [ctx.emit("Mul", g, slope)]
 
 

@@ -128,7 +128,7 @@ def flipped_conv_grad(
     strides = geo["strides"]
     stuffed_len = list(geo["out"])
     if any(s > 1 for s in strides):
-        channels = ctx.static_shape(g)[0]
+        channels = m  # g has one channel per forward output channel
         interleave = [3 + 2 * j for j in range(n)]
         t = ctx.unsqueeze(g, interleave)
         pads_end = []

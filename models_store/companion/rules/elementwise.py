@@ -67,7 +67,7 @@ def pow_(ctx: RuleContext) -> list[str | None]:
     grads: list[str | None] = [None, None]
     if ctx.needs(0):  # e * x^(e-1)
         e = ctx.constant(exponent)
-        if e is not None and e.size == 1 and float(e) == 2.0:
+        if e is not None and e.size == 1 and float(e.reshape(-1)[0]) == 2.0:
             slope = ctx.emit("Mul", base, ctx.scalar(2.0))
         else:
             e_cast = ctx.cast(exponent)
