@@ -1,0 +1,308 @@
+"""The CAM family: a map at the layer's resolution, ``cam = sum_k w_k * A_k`` or a variant.
+
+Each gradient-based method is a plain function ``(A, G) -> cam`` on arrays of shape
+(R, K, h, w) -> (R, h, w), registered by name in :data:`CAM_FUNCTIONS`; they share one runner
+call (activations and gradients of every requested layer in one companion-graph run). Maps are
+returned raw: no ReLU, no normalisation, no resizing (that is rendering's job).
+
+Formulas and conventions follow pytorch-grad-cam (the parity reference); docs/methods.md has
+the papers and the choices made where libraries disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from models_store.errors import UnsupportedModel
+from service.imaging.render import resize_map
+from service.runtime.runner import ModelRunner
+
+from .registry import BATCH_SIZE, FUSION, MethodOutput, register
+
+CamFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+CAM_FUNCTIONS: dict[str, CamFn] = {}
+
+GRADCAMPP_EPS = 1e-6  # pytorch-grad-cam's
+XGRADCAM_EPS = 1e-7
+
+
+def cam_function(name: str) -> Callable[[CamFn], CamFn]:
+    def deco(fn: CamFn) -> CamFn:
+        CAM_FUNCTIONS[name] = fn
+        return fn
+
+    return deco
+
+
+def _weighted(w: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return np.einsum("rk,rkhw->rhw", w, a)
+
+
+@cam_function("gradcam")
+def gradcam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017): w_k = mean_s(G_k)."""
+    return _weighted(g.mean(axis=(2, 3)), a)
+
+
+@cam_function("hirescam")
+def hirescam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos & Carin 2020): cam = sum_k G_k * A_k, no spatial pooling."""
+    return (g * a).sum(axis=1)
+
+
+@cam_function("gradcam_elementwise")
+def gradcam_elementwise(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Element-wise Grad-CAM: cam = sum_k relu(G_k * A_k)."""
+    return np.maximum(g * a, 0.0).sum(axis=1)
+
+
+@cam_function("gradcampp")
+def gradcampp(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19 with the exponential head's identities):
+    alpha = G^2 / (2 G^2 + sum_s(A) G^3 + eps), alpha = 0 where G = 0;
+    w_k = sum_s(relu(G_k) * alpha_k)."""
+    g2 = g * g
+    g3 = g2 * g
+    sum_a = a.sum(axis=(2, 3), keepdims=True)
+    alpha = g2 / (2.0 * g2 + sum_a * g3 + GRADCAMPP_EPS)
+    alpha = np.where(g != 0, alpha, 0.0)
+    w = (np.maximum(g, 0.0) * alpha).sum(axis=(2, 3))
+    return _weighted(w, a)
+
+
+@cam_function("xgradcam")
+def xgradcam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """XGrad-CAM (Fu et al. 2020): w_k = sum_s(G_k A_k) / (sum_s(A_k) + eps)."""
+    w = (g * a).sum(axis=(2, 3)) / (a.sum(axis=(2, 3)) + XGRADCAM_EPS)
+    return _weighted(w, a)
+
+
+@cam_function("layercam")
+def layercam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """LayerCAM (Jiang et al. 2021): cam = sum_k relu(G_k) * A_k."""
+    return (np.maximum(g, 0.0) * a).sum(axis=1)
+
+
+def first_component(t: np.ndarray) -> np.ndarray:
+    """Per row: the (hw x K) matrix, mean-centred over positions, projected on its first right
+    singular vector (numpy's SVD sign, as pytorch-grad-cam's ``get_2d_projection``)."""
+    t = np.nan_to_num(np.asarray(t, dtype=np.float32))
+    out = np.empty((t.shape[0], *t.shape[2:]), dtype=np.float32)
+    for r, item in enumerate(t):
+        m = item.reshape(item.shape[0], -1).T
+        m = m - m.mean(axis=0)
+        _, _, vt = np.linalg.svd(m, full_matrices=False)
+        out[r] = (m @ vt[0]).reshape(item.shape[1:])
+    return out
+
+
+@cam_function("eigengradcam")
+def eigengradcam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Eigen-Grad-CAM: the first principal component of G * A (class-specific)."""
+    return first_component(g * a)
+
+
+def onehot(targets: Sequence[int], classes: int) -> np.ndarray:
+    seed = np.zeros((len(targets), classes), dtype=np.float32)
+    seed[np.arange(len(targets)), np.asarray(targets, dtype=np.intp)] = 1.0
+    return seed
+
+
+def fuse_maps(maps: Sequence[np.ndarray], mode: str = "mean") -> np.ndarray:
+    """Fuse per-layer maps already brought to one size (and normalised, as the caller
+    chooses): ``mean`` (pytorch-grad-cam), ``max`` (torchcam), ``product`` (RefineCAM)."""
+    stack = np.stack([np.asarray(m, dtype=np.float32) for m in maps])
+    if mode == "mean":
+        return stack.mean(axis=0)
+    if mode == "max":
+        return stack.max(axis=0)
+    if mode == "product":
+        return stack.prod(axis=0)
+    raise ValueError(f"fusion must be mean, max or product, not {mode!r}")
+
+
+CAM_OPTIONS = {"batch_size": BATCH_SIZE, "fusion": FUSION}
+
+
+def _gradient_cam(name: str) -> Callable[..., MethodOutput]:
+    fn = CAM_FUNCTIONS[name]
+
+    def run(
+        runner: ModelRunner,
+        x: np.ndarray,
+        targets: Sequence[int],
+        layers: Sequence[str],
+        options: dict[str, Any],
+    ) -> MethodOutput:
+        seed = onehot(targets, runner.num_classes(x))
+        res = runner.gradients(x, seed, layers, batch_size=options["batch_size"])
+        maps = [
+            fn(a.astype(np.float64), g.astype(np.float64)).astype(np.float32)
+            for a, g in zip(res.activations, res.gradients, strict=False)
+        ]
+        return MethodOutput("cam", maps, res.score)
+
+    run.__doc__ = fn.__doc__
+    return run
+
+
+for _name in ("gradcam", "hirescam", "gradcam_elementwise", "gradcampp", "xgradcam",
+              "layercam", "eigengradcam"):
+    register(_name, "cam", CAM_OPTIONS)(_gradient_cam(_name))
+
+
+@register("eigencam", "cam", CAM_OPTIONS)
+def eigencam(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
+    """Eigen-CAM (Muhammad & Yeasin 2020): the first principal component of A; no gradient,
+    not class-specific (the same map for every target of an image)."""
+    scores, acts = runner.forward(x, extra=layers, batch_size=options["batch_size"])
+    return MethodOutput("cam", [first_component(a) for a in acts], scores)
+
+
+# -- CAM (Zhou et al. 2016) from the classifier's weights -----------------------------------
+
+_SPATIAL_MEAN = ("GlobalAveragePool", "ReduceMean")
+_PLUMBING = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def classifier_weights(model: onnx.ModelProto, layer: str, score: str) -> np.ndarray:
+    """W (classes, channels) of the ``layer -> GAP -> (Flatten) -> Linear -> score`` head, or
+    UnsupportedModel saying which step is missing."""
+    consts = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = _attr(node, "value", None)
+            if value is not None:
+                consts[node.output[0]] = value
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    def fail(why: str) -> UnsupportedModel:
+        return UnsupportedModel(
+            f"method 'cam' needs the layer to feed GlobalAveragePool -> (Flatten) -> Linear "
+            f"(Gemm or MatMul) -> score; at {layer!r} {why}. Use method 'gradcam', which "
+            "works at any layer (and equals CAM up to a constant factor on such heads)."
+        )
+
+    def only_consumer(tensor: str) -> onnx.NodeProto:
+        nodes = consumers.get(tensor, [])
+        if len(nodes) != 1:
+            raise fail(f"tensor {tensor!r} has {len(nodes)} consumers, expected exactly one")
+        return nodes[0]
+
+    def const(name: str) -> np.ndarray | None:
+        t = consts.get(name)
+        return None if t is None else numpy_helper.to_array(t)
+
+    node = only_consumer(layer)
+    if node.op_type not in _SPATIAL_MEAN:
+        raise fail(f"the next op is {node.op_type}, not a global average pool")
+    if node.op_type == "ReduceMean":
+        axes = _attr(node, "axes", None)
+        if axes is None and len(node.input) > 1:
+            c = const(node.input[1])
+            axes = None if c is None else c.tolist()
+        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+            raise fail(f"ReduceMean {node.name!r} does not average exactly the spatial axes")
+    tensor = node.output[0]
+    node = only_consumer(tensor)
+    while node.op_type in _PLUMBING:
+        tensor = node.output[0]
+        node = only_consumer(tensor)
+    if node.op_type == "Gemm":
+        w = const(node.input[1])
+        if w is None:
+            raise fail("the Gemm's weight is not a constant")
+        if _attr(node, "transA", 0):
+            raise fail("the Gemm transposes its input")
+        w = w if _attr(node, "transB", 0) else w.T
+        w = w * float(_attr(node, "alpha", 1.0))
+        out = node.output[0]
+    elif node.op_type == "MatMul":
+        w = const(node.input[1])
+        if w is None or w.ndim != 2:
+            raise fail("the MatMul's weight is not a constant matrix")
+        w = w.T
+        out = node.output[0]
+        nxt = consumers.get(out, [])
+        if len(nxt) == 1 and nxt[0].op_type == "Add":
+            out = nxt[0].output[0]
+    else:
+        raise fail(f"after the pooling comes {node.op_type}, not a Linear layer")
+    while out != score:
+        nxt = consumers.get(out, [])
+        if len(nxt) != 1 or nxt[0].op_type not in _PLUMBING:
+            raise fail(f"the Linear layer's output {out!r} is not the score {score!r}")
+        out = nxt[0].output[0]
+    return np.asarray(w, dtype=np.float64)
+
+
+@register("cam", "cam", CAM_OPTIONS)
+def cam(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
+    """CAM (Zhou et al. 2016): w_k = W_fc[c, k] for a layer that feeds GlobalAveragePool ->
+    (Flatten) -> Linear; elsewhere an error suggesting gradcam."""
+    weights = [classifier_weights(runner.model, layer, runner.score_output) for layer in layers]
+    scores, acts = runner.forward(x, extra=layers, batch_size=options["batch_size"])
+    idx = np.asarray(targets, dtype=np.intp)
+    maps = []
+    for w, a in zip(weights, acts, strict=False):
+        if w.shape[1] != a.shape[1]:
+            raise UnsupportedModel(
+                f"the classifier has {w.shape[1]} inputs but the layer has {a.shape[1]} "
+                "channels; use method 'gradcam'"
+            )
+        maps.append(_weighted(w[idx], a.astype(np.float64)).astype(np.float32))
+    return MethodOutput("cam", maps, scores, {"weights": [w[idx] for w in weights]})
+
+
+def resize_align_corners(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (..., h, w) with aligned corners (torch ``UpsamplingBilinear2d``)."""
+
+    def weights(n_in: int, n_out: int) -> np.ndarray:
+        w = np.zeros((n_out, n_in))
+        if n_in == 1 or n_out == 1:
+            w[:, 0] = 1.0
+            return w
+        pos = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+        lo = np.minimum(np.floor(pos).astype(np.intp), n_in - 2)
+        frac = pos - lo
+        w[np.arange(n_out), lo] = 1.0 - frac
+        w[np.arange(n_out), lo + 1] += frac
+        return w
+
+    wy = weights(m.shape[-2], size[0])
+    wx = weights(m.shape[-1], size[1])
+    return np.einsum("ih,...hw,jw->...ij", wy, m, wx)
+
+
+def upsample(m: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """(R, h, w) -> (R, H, W) with the rendering's OpenCV-style kernels."""
+    return np.stack([resize_map(r, size, interpolation) for r in m])  # type: ignore[arg-type]
+
+
