@@ -13,10 +13,17 @@ class ProblemError(Exception):
     title: ClassVar[str] = "Invalid request"
     slug: ClassVar[str] = "invalid-request"
 
-    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        self.headers = headers
 
 
 class ModelNotFound(ProblemError):

@@ -108,7 +108,9 @@ def score_output(model: onnx.ModelProto, card: ModelCard) -> TensorInfo:
         match = [o for o in outputs if o.name == card.output.name]
         if not match:
             names = ", ".join(o.name for o in outputs)
-            raise InvalidCard(f"card output.name {card.output.name!r} is not a graph output ({names})")
+            raise InvalidCard(
+                f"card output.name {card.output.name!r} is not a graph output ({names})"
+            )
         return match[0]
     return outputs[0]
 

@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import __version__
-from service.api import health, models, predict, problems
+from service import __version__, observability
+from service.api import explain, health, models, predict, problems
 from service.api.limits import BodyLimit
 from service.settings import Settings
 from service.state import AppState
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.cnnvis = state
         log.info("store %s: %d models", settings.store, len(state.store.names()))
         yield
+        state.admission.close()  # in-flight model work finishes before the process exits
 
     app = FastAPI(
         title="cnnvis",
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        max_upload_bytes=settings.max_model_bytes)
     problems.install(app)
-    for module in (health, models, predict):
+    observability.install(app)  # last: the outermost middleware, /metrics, app.state.metrics
+    for module in (health, models, predict, explain):
         app.include_router(module.router)
     return app

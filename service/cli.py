@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -60,18 +61,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    """SIGTERM outside uvicorn's own handler: before it starts, or re-raised by it after the
+    graceful drain. A drained shutdown is a success, so exit 0 rather than die by the signal."""
+    raise SystemExit(0)
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         import uvicorn
 
         from service.app import create_app
+        from service.logs import log_config
 
+        signal.signal(signal.SIGTERM, _exit_cleanly)
         uvicorn.run(
             create_app(settings),
             host=args.host,
             port=args.port,
             log_level=settings.log_level,
-            timeout_graceful_shutdown=30,
+            log_config=log_config(settings.log_level, settings.log_format),
+            access_log=False,  # the app writes access lines with the request id
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
         )
         return 0
     store = ModelStore(settings.store)
@@ -97,8 +108,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print("\n".join(sorted(zoo.ZOO)))
             return 0
         if args.name not in zoo.ZOO:
-            print(f"cnnvis: unknown zoo model {args.name!r}; try: {', '.join(zoo.ZOO)}",
-                  file=sys.stderr)
+            print(
+                f"cnnvis: unknown zoo model {args.name!r}; try: {', '.join(zoo.ZOO)}",
+                file=sys.stderr,
+            )
             return 2
         already = args.name in store.names()
         record = zoo.install(store, args.name)
@@ -124,16 +137,24 @@ def _build(store: ModelStore, args: argparse.Namespace) -> int:
         if not layers:
             image = record.card.input.name or graph_inputs(record.model)[0].name
             score = record.card.output.name or graph_outputs(record.model)[0].name
-            default = record.card.default_layer or summarize(record.model, image, score).default_layer
+            default = (
+                record.card.default_layer or summarize(record.model, image, score).default_layer
+            )
             layers = [default] if default else []
         started = time.perf_counter()
         path, _ = load_or_build(
-            record.derived_dir, record.model_path, record.sha256, layers, args.rule,
+            record.derived_dir,
+            record.model_path,
+            record.sha256,
+            layers,
+            args.rule,
             args.input_gradient,
         )
         took = time.perf_counter() - started
-        print(f"{record.ref}: {', '.join(layers) or '(input only)'} [{args.rule}]"
-              f" -> {path.name} ({took:.1f} s)")
+        print(
+            f"{record.ref}: {', '.join(layers) or '(input only)'} [{args.rule}]"
+            f" -> {path.name} ({took:.1f} s)"
+        )
     return 0
 
 

@@ -14,12 +14,14 @@ from models_store.errors import (
 
 __all__ = [
     "BadImage",
+    "GatewayTimeout",
     "ImageTooLarge",
     "InvalidCard",
     "InvalidModel",
     "LayerNotFound",
     "ModelConflict",
     "ModelNotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "ProblemError",
     "ServiceUnavailable",
@@ -56,3 +58,16 @@ class ServiceUnavailable(ProblemError):
     status = 503
     title = "Service unavailable"
     slug = "unavailable"
+
+
+class Overloaded(ServiceUnavailable):
+    """The model's queue is full: come back later (Retry-After says when)."""
+
+    title = "Overloaded"
+    slug = "overloaded"
+
+
+class GatewayTimeout(ProblemError):
+    status = 504
+    title = "Deadline exceeded"
+    slug = "deadline-exceeded"

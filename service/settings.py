@@ -30,6 +30,17 @@ class Settings(BaseSettings):
     gpu_device_id: int = 0
     session_cache_size: int = Field(16, ge=1, description="onnxruntime sessions kept open.")
 
+    # Batching and backpressure.
+    max_batch_size: int = Field(
+        8, ge=1, description="Rows merged into one onnxruntime run (1 = no batching)."
+    )
+    max_batch_delay_ms: float = Field(
+        0.0, ge=0, description="Extra wait for company when the graph is idle."
+    )
+    max_queue: int = Field(32, ge=1, description="Requests admitted per model; then 503.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Per-request deadline; then 504.")
+    worker_threads: int = Field(32, ge=1, description="Threads running model work.")
+
     # Limits on what a client may send.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Request body size.")
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1, description="One encoded image.")
@@ -44,4 +55,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Bearer tokens for explain endpoints (empty = open)."
     )
 
+    # Operations.
     log_level: str = "info"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="`cnnvis serve` logs: one JSON object per line, or plain text."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )

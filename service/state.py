@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from models_store.graph import graph_inputs, graph_outputs
 from models_store.inspect import GraphSummary, summarize
 from models_store.store import ModelRecord, ModelStore
+from service.runtime.admission import Admission
+from service.runtime.batcher import BatchedSession, Batcher
+from service.runtime.runner import ModelRunner
 from service.runtime.sessions import Session, SessionCache
 from service.settings import Settings
 
@@ -17,15 +21,28 @@ class AppState:
     settings: Settings
     store: ModelStore
     sessions: SessionCache
+    batcher: Batcher
+    admission: Admission
     _summaries: dict[str, GraphSummary] = field(default_factory=dict)
+    _runners: dict[str, ModelRunner] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, settings: Settings) -> AppState:
-        return cls(settings, ModelStore(settings.store), SessionCache(settings))
+        return cls(
+            settings,
+            ModelStore(settings.store),
+            SessionCache(settings),
+            Batcher(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
+            Admission(settings.max_queue, settings.request_timeout_s, settings.worker_threads),
+        )
 
     def session(self, record: ModelRecord) -> Session:
         return self.sessions.get(record.model_path)
+
+    def batched(self, path: Path) -> BatchedSession:
+        """The session of ``path`` with its runs merged across concurrent requests."""
+        return BatchedSession(self.sessions.get(path).inner, self.batcher)
 
     def summary(self, record: ModelRecord) -> GraphSummary:
         """Candidate layers and the default layer, computed once per model file."""
@@ -41,3 +58,27 @@ class AppState:
 
     def default_layer(self, record: ModelRecord) -> str | None:
         return record.card.default_layer or self.summary(record).default_layer
+
+    def runner(self, record: ModelRecord) -> ModelRunner:
+        """The model's runner: forward and companion graphs, built once, cached on disk."""
+        key = str(record.path)
+        with self._lock:
+            runner = self._runners.get(key)
+            if runner is None or runner.sha256 != record.sha256:
+                runner = ModelRunner(
+                    record.model_path,
+                    record.derived_dir,
+                    record.sha256,
+                    record.card.input.name or graph_inputs(record.model)[0].name,
+                    record.card.output.name or graph_outputs(record.model)[0].name,
+                    open_session=self.batched,
+                )
+                self._runners[key] = runner
+        return runner
+
+    def forget(self, folder: Path) -> None:
+        """Drop everything cached for models under ``folder`` (after a delete)."""
+        self.sessions.evict(folder)
+        with self._lock:
+            for key in [k for k in self._runners if Path(k).is_relative_to(folder)]:
+                del self._runners[key]

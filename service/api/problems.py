@@ -56,7 +56,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(
-            exc.status, exc.title, exc.detail, slug=exc.slug, errors=exc.errors
+            exc.status, exc.title, exc.detail, slug=exc.slug, errors=exc.errors,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -1,0 +1,191 @@
+"""One explain request, end to end: preprocess, choose targets, run the method, render.
+
+The HTTP layer calls :func:`explain`; the numerics live in service/explain (the methods) and
+service/imaging (rendering). Everything here runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from models_store.errors import ProblemError
+from models_store.store import ModelRecord
+from schemas.explain import ArrayOut, ExplainRequest, ExplainResult, Stats, Target
+from service.explain import run_method
+from service.imaging.colormaps import apply_colormap
+from service.imaging.decode import to_8bit
+from service.imaging.preprocess import (
+    Geometry,
+    box_to_input,
+    input_window,
+    preprocess_with_geometry,
+    scale_box,
+    to_original,
+)
+from service.imaging.render import (
+    encode_array,
+    encode_png,
+    map_stats,
+    overlay,
+    resize_map,
+    to_base64,
+)
+from service.pipeline.heatmaps import finish, fuse_cam_layers, gradient_map
+from service.pipeline.targets import resolve_targets
+from service.scores import class_score, probabilities
+from service.state import AppState
+
+
+@dataclass
+class Explained:
+    layers: list[str]
+    provider: str
+    results: list[ExplainResult]
+    pngs: list[bytes]  # the PNG an `Accept: image/png` client gets, one per result
+    timings_ms: dict[str, float]
+
+
+def explain(
+    state: AppState, record: ModelRecord, body: ExplainRequest, images: list[Image.Image]
+) -> Explained:
+    card = record.card
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    x, geometries = preprocess_with_geometry(images, card.input)
+    runner = state.runner(record)
+    layers = resolve_layers(state, record, body.layer)
+    scores, _ = runner.forward(x)
+    probs = probabilities(scores, card)
+    targets = resolve_targets(body.targets, scores, card, state.settings.max_top_k)
+    rows = [(i, t) for i, image_targets in enumerate(targets) for t in image_targets]
+    timings["inference"] = _lap(clock)
+
+    clock = time.perf_counter()
+    image_of_row = np.array([i for i, _ in rows])
+    output = run_method(
+        body.method, runner, x[image_of_row], [t for _, t in rows], layers, body.options
+    )
+    timings["method"] = _lap(clock)
+
+    clock = time.perf_counter()
+    results, pngs = [], []
+    for r, (i, target) in enumerate(rows):
+        result, png = _render_row(body, output, r, images[i], geometries[i], layers)
+        cs = class_score(target, scores[i], probs[i], card)
+        result.image, result.target = i, Target(**vars(cs))
+        results.append(result)
+        pngs.append(png)
+    timings["render"] = _lap(clock)
+    return Explained(layers, runner.provider, results, pngs, timings)
+
+
+def resolve_layers(state: AppState, record: ModelRecord, layer: str | list[str]) -> list[str]:
+    names = [layer] if isinstance(layer, str) else list(layer)
+    if not names:
+        raise ProblemError("layer is an empty list")
+    summary = state.summary(record)
+    resolved = []
+    for name in names:
+        if name == "auto":
+            default = state.default_layer(record)
+            if default is None:
+                raise ProblemError(
+                    "this model has no layer with spatial extent; name one from /layers"
+                )
+            name = default
+        summary.layer(name)  # LayerNotFound names the layers endpoint
+        resolved.append(name)
+    return resolved
+
+
+def _render_row(
+    body: ExplainRequest,
+    output: object,
+    r: int,
+    image: Image.Image,
+    geometry: Geometry,
+    layers: list[str],
+) -> tuple[ExplainResult, bytes]:
+    render = body.render
+    # CAM-like methods (the CAM family, Score-CAM, ablation) give (rows, h, w) per layer;
+    # attribution methods give (rows, C, H, W) at the input
+    cam_like = output.maps[0].ndim == 3  # type: ignore[attr-defined]
+    input_hw = geometry.input_size
+    raw: np.ndarray | None = None  # reduce=none: the (C, H, W) attribution itself
+    if cam_like:
+        maps = [m[r] for m in output.maps]  # type: ignore[attr-defined]
+        if render.size == "feature":
+            if len({m.shape for m in maps}) > 1:
+                raise ProblemError(
+                    "render.size=feature needs layers of one resolution; use size=input"
+                )
+            target_hw = maps[0].shape
+        else:
+            target_hw = input_hw
+        fusion = str(body.options.get("fusion", "mean"))
+        m = finish(fuse_cam_layers(maps, target_hw, render, fusion), render, cam_like=True)
+    else:
+        if render.size == "feature":
+            raise ProblemError(f"render.size=feature applies to CAM methods, not {body.method}")
+        attribution = output.maps[0][r]  # type: ignore[attr-defined]
+        reduced = gradient_map(attribution, body.method, render)
+        if reduced.ndim == 3:  # reduce=none
+            raw = reduced
+            reduced = gradient_map(
+                attribution, body.method, render.model_copy(update={"reduce": "auto"})
+            )
+        m = finish(reduced, render, cam_like=False)
+
+    original = None
+    if render.size == "original":
+        m = to_original(m, geometry)
+        original = to_8bit(image, "RGB")
+
+    result = ExplainResult(image=0, target=Target(index=0, label=None, score=0, probability=0))
+    heat = apply_colormap(np.clip(m, 0, 1), render.colormap)
+    if render.size == "feature":
+        heat_big = resize_map(heat.astype(np.float32), input_hw, "nearest").astype(np.uint8)
+    else:
+        heat_big = heat
+    backdrop = np.asarray(
+        original if original is not None else input_window(to_8bit(image, "RGB"), geometry)
+    )
+    blended = overlay(backdrop, heat_big, render.alpha)
+    heat_png = encode_png(heat)
+    overlay_png = encode_png(blended)
+    if "heatmap" in body.outputs:
+        result.heatmap = to_base64(heat_png)
+    if "overlay" in body.outputs:
+        result.overlay = to_base64(overlay_png)
+    if "array" in body.outputs:
+        result.array = ArrayOut(**encode_array(raw if raw is not None else m))
+    if "stats" in body.outputs:
+        box = None
+        if body.roi is not None:
+            box = (
+                body.roi.box if render.size == "original" else box_to_input(body.roi.box, geometry)
+            )
+            if render.size == "feature":
+                box = scale_box(box, input_hw, m.shape)
+        result.stats = Stats(**map_stats(m, box))
+    extras = output.extras  # type: ignore[attr-defined]
+    if extras:
+        result.extras = {k: _row_value(v, r) for k, v in extras.items()}
+    wants_heatmap = body.output == "heatmap"
+    return result, heat_png if wants_heatmap else overlay_png
+
+
+def _row_value(value: object, r: int) -> object:
+    if isinstance(value, np.ndarray) and value.ndim >= 1:
+        return value[r].tolist()
+    if isinstance(value, list) and len(value) > r:
+        return value[r]
+    return value
+
+
+def _lap(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)

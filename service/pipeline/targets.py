@@ -1,0 +1,72 @@
+"""Which classes to explain: "top1", {"top_k": k}, or explicit indices / label names."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from models_store.errors import ProblemError
+from schemas.card import ModelCard
+from schemas.explain import TopK
+from service.scores import probabilities
+
+TargetSpec = str | TopK | list[int | str] | list[list[int | str]]
+
+
+def resolve_targets(
+    spec: TargetSpec, scores: np.ndarray, card: ModelCard, max_per_image: int
+) -> list[list[int]]:
+    """One list of class indices per image, from the request and the model's scores."""
+    images, classes = scores.shape
+    if spec == "top1" or isinstance(spec, TopK):
+        k = 1 if spec == "top1" else spec.top_k  # type: ignore[union-attr]
+        if k > max_per_image:
+            raise ProblemError(f"top_k={k} exceeds the limit {max_per_image} (CNNVIS_MAX_TOP_K)")
+        order = np.argsort(-probabilities(scores, card), axis=1, kind="stable")[
+            :, : min(k, classes)
+        ]
+        return [[int(i) for i in row] for row in order]
+    assert isinstance(spec, list)
+    if not spec:
+        raise ProblemError("targets is an empty list")
+    if all(isinstance(t, list) for t in spec):
+        if len(spec) != images:
+            raise ProblemError(
+                f"targets has {len(spec)} lists but {images} images were posted;"
+                " send one list per image, or one flat list for all"
+            )
+        per_image = spec
+    elif any(isinstance(t, list) for t in spec):
+        raise ProblemError("targets mixes lists and single classes")
+    else:
+        per_image = [spec] * images
+    resolved = []
+    for row in per_image:
+        if not row:
+            raise ProblemError("targets has an empty list for an image")
+        if len(row) > max_per_image:
+            raise ProblemError(
+                f"{len(row)} targets for one image exceed the limit {max_per_image}"
+                " (CNNVIS_MAX_TOP_K)"
+            )
+        resolved.append([class_index(t, card, classes) for t in row])  # type: ignore[arg-type]
+    return resolved
+
+
+def class_index(target: int | str, card: ModelCard, classes: int) -> int:
+    if isinstance(target, int):
+        if not 0 <= target < classes:
+            raise ProblemError(f"target class {target} is out of range 0..{classes - 1}")
+        return target
+    labels: Sequence[str] = card.labels or []
+    if target in labels:
+        return labels.index(target)
+    folded = [label.casefold() for label in labels]
+    if target.casefold() in folded:
+        return folded.index(target.casefold())
+    if target.isdigit():
+        return class_index(int(target), card, classes)
+    close = [label for label in labels if target.casefold() in label.casefold()][:5]
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ProblemError(f"target {target!r} is not a label of this model{hint}")

@@ -1,0 +1,73 @@
+"""Backpressure: a bounded number of requests per model, a deadline per request.
+
+Model work runs on a dedicated thread pool. A request that finds its model's queue full is
+refused at once with 503 and Retry-After; one that runs past its deadline is answered 504,
+and its slot is held until the thread really finishes (onnxruntime runs cannot be
+interrupted), so overload shows as refusals, never as unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from service.errors import GatewayTimeout, Overloaded
+
+T = TypeVar("T")
+
+
+class Admission:
+    def __init__(self, max_queue: int, timeout_s: float, threads: int) -> None:
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cnnvis-work")
+        self._lock = threading.Lock()
+        self._active: dict[str, int] = {}
+
+    def depth(self, model: str) -> int:
+        with self._lock:
+            return self._active.get(model, 0)
+
+    def _enter(self, model: str) -> None:
+        with self._lock:
+            active = self._active.get(model, 0)
+            if active >= self.max_queue:
+                raise Overloaded(
+                    f"model {model!r} has {active} requests in progress, the limit"
+                    f" (CNNVIS_MAX_QUEUE) is {self.max_queue}; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            self._active[model] = active + 1
+
+    def _leave(self, model: str) -> None:
+        with self._lock:
+            self._active[model] -= 1
+            if not self._active[model]:
+                del self._active[model]
+
+    async def run(self, model: str, fn: Callable[..., T], *args: Any) -> T:
+        self._enter(model)
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self.executor, fn, *args)
+        except BaseException:
+            self._leave(model)
+            raise
+        def finished(f: asyncio.Future[T]) -> None:
+            self._leave(model)
+            if not f.cancelled():
+                f.exception()  # retrieved: a late failure after a 504 is not logged as lost
+
+        future.add_done_callback(finished)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"the request took longer than {self.timeout_s:g} s (CNNVIS_REQUEST_TIMEOUT_S)"
+            ) from None
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)

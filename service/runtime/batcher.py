@@ -1,0 +1,141 @@
+"""Dynamic batching: concurrent runs of one graph at one input shape become one onnxruntime run.
+
+Every request runs in a worker thread. Callers of the same (session, outputs, per-row input
+shapes) join an open *group*; the first caller of a group leads it. The leader waits for the
+graph to be free (the previous batch still running is what lets a queue build up), optionally
+up to ``max_delay`` more for company, closes the group, concatenates every member's inputs
+along axis 0, runs once and hands each member its rows of every output. Per-row inputs (the
+seeds of the companion graph) keep each request's own target. A failed run fails every member
+with the same error; nothing is retried.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class SessionLike(Protocol):
+    def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[Any]: ...
+
+
+@dataclass
+class _Member:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[np.ndarray] | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Group:
+    members: list[_Member] = field(default_factory=list)
+    rows: int = 0
+    closed: bool = False
+    full: threading.Event = field(default_factory=threading.Event)
+
+
+Observer = Callable[[int, float], None]  # (batch rows, seconds spent queued by the leader)
+
+
+class Batcher:
+    def __init__(
+        self, max_batch_size: int, max_delay_s: float, observe: Observer | None = None
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.observe = observe
+        self._lock = threading.Lock()
+        self._groups: dict[tuple[Any, ...], _Group] = {}
+        self._busy: dict[tuple[Any, ...], threading.Lock] = {}
+
+    def run(
+        self, session: SessionLike, outputs: Sequence[str] | None, feeds: dict[str, np.ndarray]
+    ) -> list[np.ndarray]:
+        rows = {v.shape[0] if v.ndim else -1 for v in feeds.values()}
+        if self.max_batch_size <= 1 or len(rows) != 1 or min(rows) >= self.max_batch_size:
+            return list(session.run(list(outputs) if outputs else None, feeds))
+        key = (
+            id(session),
+            tuple(outputs or ()),
+            tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in feeds.items())),
+        )
+        member = _Member(feeds, rows.pop())
+        with self._lock:
+            group = self._groups.get(key)
+            leader = group is None or group.closed or group.rows + member.rows > self.max_batch_size
+            if leader:
+                group = _Group()
+                self._groups[key] = group
+            assert group is not None
+            group.members.append(member)
+            group.rows += member.rows
+            if group.rows >= self.max_batch_size:
+                group.full.set()
+            busy = self._busy.setdefault(key, threading.Lock())
+        if leader:
+            self._lead(key, group, busy, session, outputs)
+        member.done.wait()
+        if member.error is not None:
+            raise member.error
+        assert member.result is not None
+        return member.result
+
+    def _lead(
+        self,
+        key: tuple[Any, ...],
+        group: _Group,
+        busy: threading.Lock,
+        session: SessionLike,
+        outputs: Sequence[str] | None,
+    ) -> None:
+        queued = time.perf_counter()
+        with busy:  # while the previous batch runs, this group fills up
+            if self.max_delay_s > 0 and not group.full.is_set():
+                group.full.wait(self.max_delay_s)
+            with self._lock:
+                group.closed = True
+                if self._groups.get(key) is group:
+                    del self._groups[key]
+            waited = time.perf_counter() - queued
+            members = group.members
+            try:
+                feeds = {
+                    name: np.concatenate([m.feeds[name] for m in members])
+                    if len(members) > 1
+                    else members[0].feeds[name]
+                    for name in members[0].feeds
+                }
+                results = session.run(list(outputs) if outputs else None, feeds)
+                if self.observe is not None:
+                    self.observe(group.rows, waited)
+                start = 0
+                for m in members:
+                    m.result = [r[start : start + m.rows] for r in results]
+                    start += m.rows
+            except BaseException as exc:  # every member sees the failure
+                for m in members:
+                    m.error = exc
+            finally:
+                for m in members:
+                    m.done.set()
+
+
+class BatchedSession:
+    """Looks like an onnxruntime session; routes run() through a shared Batcher."""
+
+    def __init__(self, inner: SessionLike, batcher: Batcher) -> None:
+        self.inner = inner
+        self.batcher = batcher
+
+    def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.batcher.run(self.inner, outputs, feeds)
+
+    def __getattr__(self, name: str) -> Any:  # get_inputs(), get_providers(), ...
+        return getattr(self.inner, name)
