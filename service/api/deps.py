@@ -39,7 +39,11 @@ def _bearer(request: Request) -> str | None:
 def _check(request: Request, allowed: list[str], what: str) -> None:
     token = _bearer(request)
     if token is None:
-        raise Unauthorized(f"{what} requires 'Authorization: Bearer <token>'")
+        # RFC 9110 §15.5.2: a 401 names the scheme the client should use
+        raise Unauthorized(
+            f"{what} requires 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="cnnvis"'},
+        )
     # compare against every token, always, in constant time per comparison
     ok = False
     for candidate in allowed:
