@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__, observability
-from service.api import explain, health, models, predict, problems
+from service.api import explain, health, kserve, models, predict, problems
 from service.api.limits import BodyLimit
 from service.settings import Settings
 from service.state import AppState
@@ -39,6 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        max_upload_bytes=settings.max_model_bytes)
     problems.install(app)
     observability.install(app)  # last: the outermost middleware, /metrics, app.state.metrics
-    for module in (health, models, predict, explain):
-        app.include_router(module.router)
+    # KServe v1's /v1/models/{name}:predict must match before /v1/models/{name}
+    for router in (health.router, kserve.v1, kserve.v2, models.router, predict.router,
+                   explain.router):
+        app.include_router(router)
     return app

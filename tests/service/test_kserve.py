@@ -1,0 +1,179 @@
+"""KServe v1 and the Open Inference Protocol (v2), including the real tritonclient."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.imaging.preprocess import preprocess
+from service.settings import Settings
+from tests.conftest import png_bytes, tiny_card, tiny_classifier
+
+RNG = np.random.default_rng(3)
+PIXELS = [RNG.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in range(2)]
+PNGS = [png_bytes(p) for p in PIXELS]
+B64 = [base64.b64encode(p).decode() for p in PNGS]
+
+
+@pytest.fixture(scope="module")
+def kstore(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models_store.store import ModelStore
+
+    root = tmp_path_factory.mktemp("kserve-store")
+    ModelStore(root).add(tiny_classifier(), tiny_card())
+    return root
+
+
+@pytest.fixture(scope="module")
+def kclient(kstore: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(store=kstore))) as client:
+        yield client
+
+
+def reference_top1(client: TestClient) -> list[int]:
+    body = {"images": B64, "top_k": 1}
+    return [
+        row[0]["index"]
+        for row in client.post("/v1/models/tiny/predict", json=body).json()["predictions"]
+    ]
+
+
+def test_v1_predict_all_instance_shapes(kclient: TestClient) -> None:
+    expected = reference_top1(kclient)
+    for instances in (B64, [{"data": b} for b in B64], [{"b64": b} for b in B64]):
+        response = kclient.post("/v1/models/tiny:predict", json={"instances": instances})
+        assert response.status_code == 200, response.text
+        assert [row[0]["index"] for row in response.json()["predictions"]] == expected
+    inputs = kclient.post("/v1/models/tiny:predict", json={"inputs": B64}).json()
+    assert [row[0]["index"] for row in inputs["predictions"]] == expected
+
+
+def test_v1_explain_with_per_instance_targets(kclient: TestClient) -> None:
+    body = {
+        "instances": [{"data": B64[0], "target": 2}, {"data": B64[1], "target": "red"}],
+        "method": "gradcam",
+    }
+    response = kclient.post("/v1/models/tiny:explain", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert [e["target"]["index"] for e in data["explanations"]] == [2, 0]
+    assert "heatmap" in data["explanations"][0] and "stats" in data["explanations"][0]
+    assert len(data["predictions"]) == 2
+
+
+def test_v1_errors_are_problems(kclient: TestClient) -> None:
+    response = kclient.post("/v1/models/tiny:predict", json={"instances": []})
+    assert response.status_code == 422 and "non-empty" in response.json()["detail"]
+    assert kclient.post("/v1/models/nope:predict", json={"instances": B64}).status_code == 404
+
+
+def test_v2_health_metadata_ready(kclient: TestClient) -> None:
+    assert kclient.get("/v2/health/live").json() == {"live": True}
+    assert kclient.get("/v2/health/ready").json() == {"ready": True}
+    meta = kclient.get("/v2/models/tiny").json()
+    assert meta["platform"] == "onnx_onnxv1" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 8, 8]}]
+    assert kclient.get("/v2/models/tiny/ready").json() == {"name": "tiny", "ready": True}
+    missing = kclient.get("/v2/models/nope")
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+
+
+def test_v2_infer_bytes_and_fp32_agree(kclient: TestClient) -> None:
+    expected = reference_top1(kclient)
+    as_bytes = kclient.post(
+        "/v2/models/tiny/infer",
+        json={
+            "id": "req-1",
+            "inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": B64}],
+            "parameters": {"top_k": 1},
+        },
+    ).json()
+    assert as_bytes["id"] == "req-1" and as_bytes["model_name"] == "tiny"
+    outputs = {o["name"]: o for o in as_bytes["outputs"]}
+    assert outputs["top_k_index"]["data"] == expected
+    from PIL import Image
+
+    x = preprocess([Image.fromarray(p) for p in PIXELS], tiny_card().input)
+    as_fp32 = kclient.post(
+        "/v2/models/tiny/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "data": x.reshape(-1).tolist(),
+                }
+            ],
+            "outputs": [{"name": "scores"}],
+        },
+    ).json()
+    assert [o["name"] for o in as_fp32["outputs"]] == ["scores"]
+    np.testing.assert_allclose(as_fp32["outputs"][0]["data"], outputs["scores"]["data"], rtol=1e-5)
+    bad = kclient.post(
+        "/v2/models/tiny/infer",
+        json={
+            "inputs": [
+                {"name": "input", "shape": [1, 3, 4, 4], "datatype": "FP32", "data": [0.0] * 48}
+            ]
+        },
+    )
+    assert bad.status_code == 422 and "[N, 3, 8, 8]" in bad.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def live_server(kstore: Path) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(Settings(store=kstore)), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_round_trip(live_server: str, kclient: TestClient, binary: bool) -> None:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(live_server)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("tiny")
+    assert client.get_model_metadata("tiny")["platform"] == "onnx_onnxv1"
+
+    images = np.array([p for p in PNGS], dtype=np.object_)
+    tensor = httpclient.InferInput("image", [len(PNGS)], "BYTES")
+    tensor.set_data_from_numpy(
+        images if binary else np.array(B64, dtype=np.object_), binary_data=binary
+    )
+    result = client.infer("tiny", [tensor], parameters={"top_k": 1}, request_id="t-1")
+    assert result.get_response()["id"] == "t-1"
+    assert result.as_numpy("top_k_index").reshape(-1).tolist() == reference_top1(kclient)
+
+    explained = client.infer(
+        "tiny",
+        [tensor],
+        parameters={"method": "gradcam"},
+        outputs=[httpclient.InferRequestedOutput("heatmap", binary_data=False)],
+    )
+    heatmap = explained.as_numpy("heatmap")
+    assert heatmap.shape == (2, 8, 8) and heatmap.min() >= 0 and heatmap.max() <= 1
