@@ -83,8 +83,10 @@ ARCHS: dict[str, tuple[str, Callable[[Any], Any], str]] = {
     "resnet18": ("resnet18", lambda n: n.layer4, "/layer4/layer4.1/relu_1/Relu_output_0"),
     "mobilenet_v2": ("mobilenet_v2", lambda n: n.features,
                      "/features/features.18/features.18.2/Clip_output_0"),
-    "densenet121": ("densenet121", lambda n: n.features,
-                    "/features/norm5/BatchNormalization_output_0"),
+    # torchvision's DenseNet applies F.relu(features, inplace=True) after `features`, which
+    # rewrites the activation pytorch-grad-cam stored from its hook; the same network
+    # rebuilt as features + ReLU module + pool + classifier has a hookable post-ReLU tensor.
+    "densenet121": ("densenet121", lambda n: n[0], "/0/relu_final/Relu_output_0"),
     "squeezenet1_1": ("squeezenet1_1", lambda n: n.features,
                       "/features/features.12/Concat_output_0"),
 }
@@ -100,6 +102,11 @@ def build_zoo(name: str, root: Path) -> Zoo:
     ctor, module_of, layer = ARCHS[name]
     torch.manual_seed(0)
     net = getattr(torchvision.models, ctor)(weights=None).eval()
+    if name == "densenet121":
+        net.features.add_module("relu_final", torch.nn.ReLU())
+        nn = torch.nn
+        net = nn.Sequential(net.features, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(1),
+                            net.classifier).eval()
     _no_inplace(net)
     x = photos()
     buffer = io.BytesIO()
