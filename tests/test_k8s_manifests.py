@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +224,15 @@ def test_the_commands_parse_and_the_build_runs(docs: dict[str, dict[str, Any]], 
         assert cli.main(["--store", str(store), *argv[2:]]) == 0, argv
     assert [(kw["host"], kw["port"]) for kw in served] == [("0.0.0.0", 8000)] * 2
     assert any((store / "tiny" / "1" / "derived").iterdir())
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders() -> None:
+    """`kubectl kustomize` runs offline: the overlay renders, labels and image applied."""
+    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    rendered = [d for d in yaml.safe_load_all(out) if d]
+    kinds = sorted(d["kind"] for d in rendered)
+    assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Service"]
+    for doc in rendered:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cnnvis"
