@@ -65,7 +65,7 @@ def build_companion(
     """Derive the companion graph of ``model`` (see ``docs/companion.md``)."""
     if rule not in ("standard", "guided", "deconvnet"):
         raise ValueError(f"unknown ReLU rule {rule!r}")
-    src = SourceGraph(normalise(model))
+    src = SourceGraph(*normalise(model))
     layers = tuple(layers)
     for layer in layers:
         if not src.has_tensor(layer):
@@ -105,11 +105,11 @@ def build_companion(
         grads.append(expose(g, f"gradient_{i}", layer))
     image_out = expose(image_grad, "input_gradient", image) if image_grad else None
 
-    graph = _assemble(src, sweep, tail, outputs)
-    companion = helper.make_model(
-        graph, opset_imports=list(src.model.opset_import), producer_name="cnnvis-companion"
-    )
+    companion = onnx.ModelProto()
     companion.ir_version = src.model.ir_version
+    companion.producer_name = "cnnvis-companion"
+    companion.opset_import.extend(src.model.opset_import)
+    _assemble(companion.graph, src, sweep, tail, outputs)
     spec = CompanionSpec(
         image_input=image,
         seed=sweep.seed,
@@ -253,11 +253,13 @@ class _Sweep:
 
 
 def _assemble(
+    graph: onnx.GraphProto,
     src: SourceGraph,
     sweep: _Sweep,
     tail: list[onnx.NodeProto],
     outputs: list[onnx.ValueInfoProto],
-) -> onnx.GraphProto:
+) -> None:
+    """Fill ``graph`` in place (no intermediate copies of the weights)."""
     nodes = [*src.nodes, *sweep.writer.nodes, *tail]
     needed = {o.name for o in outputs}
     kept: list[onnx.NodeProto] = []
@@ -269,17 +271,17 @@ def _assemble(
                 for g in [attr.g, *attr.graphs]:
                     needed.update(_outer_names(g))
     kept.reverse()
-    initializers = [t for t in src.graph.initializer if t.name in needed]
-    initializers += [t for t in sweep.writer.initializers if t.name in needed]
-    inputs = [vi for vi in src.graph.input if vi.name in src.inputs]
-    score_vi = src.value_info(sweep.score, sweep.seed)
-    graph = helper.make_graph(kept, f"{src.graph.name}_companion", [*inputs, score_vi], outputs)
-    graph.initializer.extend(initializers)
+    graph.name = f"{src.graph.name}_companion"
+    graph.node.extend(kept)
+    graph.input.extend(vi for vi in src.graph.input if vi.name in src.inputs)
+    graph.input.append(src.value_info(sweep.score, sweep.seed))
+    graph.output.extend(outputs)
+    graph.initializer.extend(t for t in src.graph.initializer if t.name in needed)
+    graph.initializer.extend(t for t in sweep.writer.initializers if t.name in needed)
     produced = {o for n in kept for o in n.output}
     graph.value_info.extend(
         vi for vi in src.graph.value_info if vi.name in produced and vi.name in src.producer
     )
-    return graph
 
 
 def _outer_names(graph: onnx.GraphProto) -> set[str]:
@@ -294,7 +296,7 @@ def _outer_names(graph: onnx.GraphProto) -> set[str]:
 
 def forward_model(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
     """The source graph exposing ``outputs`` (any tensors) and pruned to what they need."""
-    src = SourceGraph(normalise(model))
+    src = SourceGraph(*normalise(model))
     for name in outputs:
         if not src.has_tensor(name):
             raise LayerNotFound(f"tensor {name!r} is not in the graph")
@@ -304,17 +306,16 @@ def forward_model(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelP
         for attr in node.attribute:
             for g in [attr.g, *attr.graphs]:
                 needed |= _outer_names(g)
-    inputs = [vi for vi in src.graph.input if vi.name in src.inputs]
-    graph = helper.make_graph(
-        nodes,
-        src.graph.name,
-        inputs,
-        [src.value_info(name) for name in outputs],
-        initializer=[t for t in src.graph.initializer if t.name in needed],
-    )
+    result = onnx.ModelProto()
+    result.ir_version = src.model.ir_version
+    result.opset_import.extend(src.model.opset_import)
+    graph = result.graph
+    graph.name = src.graph.name
+    graph.node.extend(nodes)
+    graph.input.extend(vi for vi in src.graph.input if vi.name in src.inputs)
+    graph.output.extend(src.value_info(name) for name in outputs)
+    graph.initializer.extend(t for t in src.graph.initializer if t.name in needed)
     graph.value_info.extend(
         vi for vi in src.graph.value_info if vi.name in needed and vi.name not in outputs
     )
-    result = helper.make_model(graph, opset_imports=list(src.model.opset_import))
-    result.ir_version = src.model.ir_version
     return result

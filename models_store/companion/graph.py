@@ -36,21 +36,64 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise UnsupportedModel("the model imports no standard ONNX opset")
 
 
-def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inline model-local functions, lift old opsets to 13, fold constants, infer shapes."""
+_SMALL = 4096  # initializers up to this many elements stay visible to data propagation
+
+
+def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.ValueInfoProto]]:
+    """Inline model-local functions, lift old opsets to 13, fold constants, infer shapes.
+
+    Returns the model to differentiate (the caller's own object when nothing had to change)
+    and the inferred value infos. Folding and shape inference run on a skeleton whose large
+    weights are typed graph inputs: fast on models of hundreds of megabytes, and the weights
+    are never copied here.
+    """
     if len(model.functions):
         model = onnx.inliner.inline_local_functions(model)
     if default_opset(model) < MIN_OPSET:
         from onnx import version_converter
 
         model = version_converter.convert_version(model, MIN_OPSET)
-    # exporters leave pads and shapes as ConstantOfShape/Concat/Cast chains; folded, they
-    # become initializers and shape inference sees static sizes
-    model = fold_constants(model)
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    graph = skeleton.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    declared = {i.name for i in model.graph.input}
+    large = [t for t in model.graph.initializer if int(np.prod(t.dims)) > _SMALL]
+    large_names = {t.name for t in large}
+    for t in model.graph.initializer:
+        if t.name not in large_names:
+            graph.initializer.append(t)
+        elif t.name not in declared:
+            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    # Exporters leave pads and shapes as ConstantOfShape/Concat/Cast chains; folded, they
+    # become initializers and shape inference sees static sizes.
+    folded = fold_constants(skeleton)
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(folded, data_prop=True)
+    except Exception:  # a stricter inference failure must not block the build
+        inferred = onnx.shape_inference.infer_shapes(folded, strict_mode=False)
+    value_infos = [*inferred.graph.value_info, *inferred.graph.output]
+    if folded is skeleton:
+        return model, value_infos
+    working = onnx.ModelProto()
+    working.ir_version = model.ir_version
+    working.opset_import.extend(model.opset_import)
+    wgraph = working.graph
+    wgraph.name = model.graph.name
+    wgraph.node.extend(folded.graph.node)
+    wgraph.input.extend(
+        i for i in folded.graph.input if i.name not in large_names or i.name in declared
+    )
+    wgraph.output.extend(model.graph.output)
+    used = {i for n in folded.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    wgraph.initializer.extend(folded.graph.initializer)
+    wgraph.initializer.extend(t for t in large if t.name in used)
+    return working, value_infos
 
 
 def _shape_of(vi_type: onnx.TypeProto) -> Shape | None:
@@ -70,7 +113,9 @@ def _shape_of(vi_type: onnx.TypeProto) -> Shape | None:
 class SourceGraph:
     """Indexes over a normalised model."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, inferred: Sequence[onnx.ValueInfoProto] = ()
+    ) -> None:
         self.model = model
         self.graph = model.graph
         self.opset = default_opset(model)
@@ -91,7 +136,7 @@ class SourceGraph:
         self.shapes: dict[str, Shape] = {}
         self.dtypes: dict[str, int] = {}
         self.value_infos: dict[str, onnx.ValueInfoProto] = {}
-        for vi in [*self.graph.input, *self.graph.value_info, *self.graph.output]:
+        for vi in [*self.graph.input, *self.graph.value_info, *self.graph.output, *inferred]:
             shape = _shape_of(vi.type)
             if shape is not None:
                 self.shapes[vi.name] = shape

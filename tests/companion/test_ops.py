@@ -754,7 +754,7 @@ def _prepare(case: Case):
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c.id for c in ALL_CASES])
 def test_rule(case: Case) -> None:
-    dtype, model, spec, forward, companion = _prepare(case)
+    dtype, _model, spec, forward, companion = _prepare(case)
     rng = np.random.default_rng(7)
     feeds = {
         name: (case.data or (lambda r, s: r.normal(size=s)))(rng, shape).astype(dtype)
