@@ -8,8 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from schemas.activations import ActivationsRequest
+from schemas.explain import ExplainRequest
+from schemas.predict import PredictRequest
+from schemas.problem import Problem
 from service import __version__, observability
 from service.api import explain, health, kserve, models, predict, problems
+from service.api.body import add_body_schemas
 from service.api.limits import BodyLimit
 from service.settings import Settings
 from service.state import AppState
@@ -34,13 +39,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="CNN visualizations for ONNX image classifiers: CAM and Grad-CAM family,"
         " gradient maps, perturbation maps, activation and filter tiles.",
         lifespan=lifespan,
+        responses=problems.PROBLEM_RESPONSES,
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
-                       max_upload_bytes=settings.max_model_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_model_bytes
+    )
     problems.install(app)
     observability.install(app)  # last: the outermost middleware, /metrics, app.state.metrics
     # KServe v1's /v1/models/{name}:predict must match before /v1/models/{name}
-    for router in (health.router, kserve.v1, kserve.v2, models.router, predict.router,
-                   explain.router):
+    for router in (
+        health.router,
+        kserve.v1,
+        kserve.v2,
+        models.router,
+        predict.router,
+        explain.router,
+    ):
         app.include_router(router)
+    add_body_schemas(app, [PredictRequest, ExplainRequest, ActivationsRequest, Problem])
     return app

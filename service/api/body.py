@@ -36,9 +36,7 @@ def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
-                },
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}},
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
@@ -86,9 +84,7 @@ async def read_image_request(request: Request, model: type[M], settings: Setting
     return ImageRequest(body, images, (time.perf_counter() - started) * 1000)
 
 
-async def _multipart(
-    request: Request, model: type[M], settings: Settings
-) -> tuple[M, list[bytes]]:
+async def _multipart(request: Request, model: type[M], settings: Settings) -> tuple[M, list[bytes]]:
     try:
         form = await request.form(
             max_files=settings.max_images + 1, max_part_size=settings.max_image_bytes
@@ -100,9 +96,7 @@ async def _multipart(
     parts = form.getlist("image")
     files = [p for p in parts if hasattr(p, "read")]
     if not files:
-        raise ProblemError(
-            "the multipart body has no 'image' file part; send -F image=@photo.jpg"
-        )
+        raise ProblemError("the multipart body has no 'image' file part; send -F image=@photo.jpg")
     _check_count(len(files), settings)
     raw = [await f.read() for f in files]  # type: ignore[union-attr]
     params: dict[str, Any] = {}
@@ -130,6 +124,26 @@ def _decode(data: bytes, settings: Settings) -> Image.Image:
 def _check_count(count: int, settings: Settings) -> None:
     if count > settings.max_images:
         raise PayloadTooLarge(
-            f"{count} images in one request; the limit is {settings.max_images}"
-            " (CNNVIS_MAX_IMAGES)"
+            f"{count} images in one request; the limit is {settings.max_images} (CNNVIS_MAX_IMAGES)"
         )
+
+
+def add_body_schemas(app: Any, models: list[type[BaseModel]]) -> None:
+    """Put the models that routes read by hand into the OpenAPI components, so the
+    ``$ref`` of :func:`openapi_body` resolves (FastAPI only collects declared parameters)."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema  # type: ignore[no-any-return]
+        spec = original()
+        components = spec.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in schema.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components[model.__name__] = schema
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi

@@ -143,6 +143,7 @@ def _v2_error(exc: ProblemError) -> JSONResponse:
         },
         status_code=exc.status,
         headers=exc.headers,
+        media_type="application/problem+json",
     )
 
 
@@ -201,8 +202,8 @@ def v2_model(name: str, state: StateDep, version: str | None = None) -> JSONResp
 def v2_model_ready(name: str, state: StateDep, version: str | None = None) -> JSONResponse:
     try:
         record = state.store.get(name, version)
-    except ProblemError:
-        return JSONResponse({"name": name, "ready": False}, status_code=404)
+    except ProblemError as exc:
+        return _v2_error(exc)
     return JSONResponse({"name": record.name, "ready": True})
 
 

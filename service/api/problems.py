@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from models_store.errors import ProblemError
 
@@ -52,11 +53,27 @@ def summarize_errors(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + more
 
 
+def _allowed(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+        match, _ = route.matches({**request.scope, "method": "POST"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(
-            exc.status, exc.title, exc.detail, slug=exc.slug, errors=exc.errors,
+            exc.status,
+            exc.title,
+            exc.detail,
+            slug=exc.slug,
+            errors=exc.errors,
             headers=exc.headers,
         )
 
@@ -77,9 +94,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
-        return problem_response(
-            exc.status_code, title, str(exc.detail), headers=getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
+        return problem_response(exc.status_code, title, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -87,3 +105,27 @@ def install(app: FastAPI) -> None:
         return problem_response(
             500, "Internal server error", "an unexpected error occurred; see the server log"
         )
+
+
+def _problem_doc(description: str) -> dict[str, Any]:
+    # schemas.problem.Problem, added to the components by create_app
+    return {
+        "description": description,
+        "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+# Every error any route can answer, documented once for the OpenAPI document.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _problem_doc("A bearer token is required"),
+    403: _problem_doc("The token is not valid here, or the store is read-only"),
+    404: _problem_doc("No such model, version or route"),
+    405: _problem_doc("Method not allowed"),
+    406: _problem_doc("Accept: image/png with more than one result"),
+    409: _problem_doc("The model version exists"),
+    413: _problem_doc("A body, image, image count or model over its limit"),
+    415: _problem_doc("Not a supported image or content type"),
+    422: _problem_doc("Invalid request, image, model or card: detail says what"),
+    503: _problem_doc("The model's queue is full (see Retry-After)"),
+    504: _problem_doc("The request ran past its deadline"),
+}
