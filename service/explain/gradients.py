@@ -149,10 +149,10 @@ def integration_rule(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return 0.5 * (nodes + 1.0), 0.5 * weights
     if method == "riemann_trapezoid":
-        if steps < 2:
-            raise ValueError("riemann_trapezoid needs at least 2 steps")
-        sizes = np.full(steps, 1.0 / (steps - 1))
-        sizes[0] = sizes[-1] = 0.5 / (steps - 1)
+        # Captum's definition, kept for parity: steps of 1/n with the two ends halved (the
+        # weights sum to 1 - 1/n; the textbook trapezoid rule would use 1/(n - 1)).
+        sizes = np.full(steps, 1.0 / steps)
+        sizes[0] = sizes[-1] = 0.5 / steps
         return np.linspace(0.0, 1.0, steps), sizes
     sizes = np.full(steps, 1.0 / steps)
     if method == "riemann_left":

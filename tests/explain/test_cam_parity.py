@@ -14,14 +14,13 @@ import pytest
 
 pytest.importorskip("pytorch_grad_cam")
 
-import pytorch_grad_cam as pgc  # noqa: E402
-from pytorch_grad_cam.utils.image import scale_cam_image  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+import pytorch_grad_cam as pgc
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from service.explain import run_method  # noqa: E402
-from service.imaging.render import prepare_map, resize_map  # noqa: E402
+from service.explain import run_method
+from service.imaging.render import prepare_map, resize_map
 
-from .conftest import torch  # noqa: E402
+from .conftest import torch
 
 GRADIENT_CAMS = {
     "gradcam": pgc.GradCAM,
