@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = AppState.open(settings)
+        state = AppState.open(settings, getattr(app.state, "metrics", None))
         app.state.cnnvis = state
         log.info("store %s: %d models", settings.store, len(state.store.names()))
         yield

@@ -129,6 +129,9 @@ def _build(store: ModelStore, args: argparse.Namespace) -> int:
 
     refs = store.names() if args.all else args.refs
     if not refs:
+        if args.all:  # an empty store is not an error (a pod's init container on a new volume)
+            print(f"nothing to build: {store.root} holds no models")
+            return 0
         print("cnnvis: name models to build, or pass --all", file=sys.stderr)
         return 2
     for ref in refs:

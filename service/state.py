@@ -9,6 +9,7 @@ from pathlib import Path
 from models_store.graph import graph_inputs, graph_outputs
 from models_store.inspect import GraphSummary, summarize
 from models_store.store import ModelRecord, ModelStore
+from service.metrics import Metrics
 from service.runtime.admission import Admission
 from service.runtime.batcher import BatchedSession, Batcher
 from service.runtime.runner import ModelRunner
@@ -23,18 +24,29 @@ class AppState:
     sessions: SessionCache
     batcher: Batcher
     admission: Admission
+    metrics: Metrics | None = None
     _summaries: dict[str, GraphSummary] = field(default_factory=dict)
     _runners: dict[str, ModelRunner] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def open(cls, settings: Settings) -> AppState:
+    def open(cls, settings: Settings, metrics: Metrics | None = None) -> AppState:
+        def observe(label: str, rows: int, queued_s: float, run_s: float) -> None:
+            if metrics is not None:
+                model, _, graph = label.partition(":")
+                metrics.batch_size.labels(model).observe(rows)
+                metrics.queue_seconds.labels(model).observe(queued_s)
+                metrics.ort_run_seconds.labels(model, graph).observe(run_s)
+
         return cls(
             settings,
             ModelStore(settings.store),
             SessionCache(settings),
-            Batcher(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
-            Admission(settings.max_queue, settings.request_timeout_s, settings.worker_threads),
+            Batcher(settings.max_batch_size, settings.max_batch_delay_ms / 1000, observe),
+            Admission(
+                settings.max_queue, settings.request_timeout_s, settings.worker_threads, metrics
+            ),
+            metrics=metrics,
         )
 
     def session(self, record: ModelRecord) -> Session:
@@ -42,7 +54,12 @@ class AppState:
 
     def batched(self, path: Path) -> BatchedSession:
         """The session of ``path`` with its runs merged across concurrent requests."""
-        return BatchedSession(self.sessions.get(path).inner, self.batcher)
+        relative = (
+            path.relative_to(self.store.root) if path.is_relative_to(self.store.root) else path
+        )
+        model = relative.parts[0] if len(relative.parts) > 1 else "-"
+        graph = "forward" if path.name == "model.onnx" else "derived"
+        return BatchedSession(self.sessions.get(path).inner, self.batcher, f"{model}:{graph}")
 
     def summary(self, record: ModelRecord) -> GraphSummary:
         """Candidate layers and the default layer, computed once per model file."""

@@ -42,6 +42,7 @@ async def explain_route(
     record = state.store.resolve(name, version)
     parsed = await read_image_request(request, ExplainRequest, state.settings)
     body: ExplainRequest = parsed.body
+    request.state.cnnvis_method = body.method  # the metrics' method label
     wants_png = "image/png" in request.headers.get("accept", "")
     done = await state.admission.run(record.name, explain, state, record, body, parsed.images)
     if wants_png:

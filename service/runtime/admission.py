@@ -9,18 +9,23 @@ interrupted), so overload shows as refusals, never as unbounded memory.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from service.errors import GatewayTimeout, Overloaded
+from service.metrics import Metrics
 
 T = TypeVar("T")
 
 
 class Admission:
-    def __init__(self, max_queue: int, timeout_s: float, threads: int) -> None:
+    def __init__(
+        self, max_queue: int, timeout_s: float, threads: int, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = metrics
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cnnvis-work")
@@ -35,27 +40,37 @@ class Admission:
         with self._lock:
             active = self._active.get(model, 0)
             if active >= self.max_queue:
+                if self.metrics is not None:
+                    self.metrics.shed.labels(model, "queue_full").inc()
                 raise Overloaded(
                     f"model {model!r} has {active} requests in progress, the limit"
                     f" (CNNVIS_MAX_QUEUE) is {self.max_queue}; retry shortly",
                     headers={"Retry-After": "1"},
                 )
             self._active[model] = active + 1
+            self._report(model)
 
     def _leave(self, model: str) -> None:
         with self._lock:
             self._active[model] -= 1
+            self._report(model)
             if not self._active[model]:
                 del self._active[model]
+
+    def _report(self, model: str) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.labels(model).set(self._active[model])
 
     async def run(self, model: str, fn: Callable[..., T], *args: Any) -> T:
         self._enter(model)
         loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # the request id follows the work into the thread
         try:
-            future = loop.run_in_executor(self.executor, fn, *args)
+            future = loop.run_in_executor(self.executor, context.run, fn, *args)
         except BaseException:
             self._leave(model)
             raise
+
         def finished(f: asyncio.Future[T]) -> None:
             self._leave(model)
             if not f.cancelled():
@@ -65,6 +80,8 @@ class Admission:
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
         except TimeoutError:
+            if self.metrics is not None:
+                self.metrics.shed.labels(model, "deadline").inc()
             raise GatewayTimeout(
                 f"the request took longer than {self.timeout_s:g} s (CNNVIS_REQUEST_TIMEOUT_S)"
             ) from None

@@ -41,7 +41,8 @@ class _Group:
     full: threading.Event = field(default_factory=threading.Event)
 
 
-Observer = Callable[[int, float], None]  # (batch rows, seconds spent queued by the leader)
+# (label, batch rows, seconds the leader queued, seconds inside onnxruntime)
+Observer = Callable[[str, int, float, float], None]
 
 
 class Batcher:
@@ -56,11 +57,19 @@ class Batcher:
         self._busy: dict[tuple[Any, ...], threading.Lock] = {}
 
     def run(
-        self, session: SessionLike, outputs: Sequence[str] | None, feeds: dict[str, np.ndarray]
+        self,
+        session: SessionLike,
+        outputs: Sequence[str] | None,
+        feeds: dict[str, np.ndarray],
+        label: str = "",
     ) -> list[np.ndarray]:
         rows = {v.shape[0] if v.ndim else -1 for v in feeds.values()}
         if self.max_batch_size <= 1 or len(rows) != 1 or min(rows) >= self.max_batch_size:
-            return list(session.run(list(outputs) if outputs else None, feeds))
+            started = time.perf_counter()
+            results = list(session.run(list(outputs) if outputs else None, feeds))
+            if self.observe is not None:
+                self.observe(label, max(rows), 0.0, time.perf_counter() - started)
+            return results
         key = (
             id(session),
             tuple(outputs or ()),
@@ -80,7 +89,7 @@ class Batcher:
                 group.full.set()
             busy = self._busy.setdefault(key, threading.Lock())
         if leader:
-            self._lead(key, group, busy, session, outputs)
+            self._lead(key, group, busy, session, outputs, label)
         member.done.wait()
         if member.error is not None:
             raise member.error
@@ -94,6 +103,7 @@ class Batcher:
         busy: threading.Lock,
         session: SessionLike,
         outputs: Sequence[str] | None,
+        label: str,
     ) -> None:
         queued = time.perf_counter()
         with busy:  # while the previous batch runs, this group fills up
@@ -112,9 +122,10 @@ class Batcher:
                     else members[0].feeds[name]
                     for name in members[0].feeds
                 }
+                started = time.perf_counter()
                 results = session.run(list(outputs) if outputs else None, feeds)
                 if self.observe is not None:
-                    self.observe(group.rows, waited)
+                    self.observe(label, group.rows, waited, time.perf_counter() - started)
                 start = 0
                 for m in members:
                     m.result = [r[start : start + m.rows] for r in results]
@@ -130,12 +141,13 @@ class Batcher:
 class BatchedSession:
     """Looks like an onnxruntime session; routes run() through a shared Batcher."""
 
-    def __init__(self, inner: SessionLike, batcher: Batcher) -> None:
+    def __init__(self, inner: SessionLike, batcher: Batcher, label: str = "") -> None:
         self.inner = inner
         self.batcher = batcher
+        self.label = label  # names the graph in metrics
 
     def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.batcher.run(self.inner, outputs, feeds)
+        return self.batcher.run(self.inner, outputs, feeds, self.label)
 
     def __getattr__(self, name: str) -> Any:  # get_inputs(), get_providers(), ...
         return getattr(self.inner, name)

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -149,3 +150,32 @@ def test_log_config_and_redaction() -> None:
     assert log_config("debug", "text")["formatters"]["main"]["()"] == "service.logs.TextFormatter"
     assert redact("Authorization: Bearer s3cr3t-tok.en, next") == (
         "Authorization: Bearer [redacted], next")
+
+
+def test_runtime_metrics_after_traffic(tmp_path: Path) -> None:
+    """Batch sizes, queue time, onnxruntime time and queue depth per model after real work."""
+    from fastapi.testclient import TestClient
+
+    from models_store.store import ModelStore
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.conftest import png_bytes, tiny_card, tiny_classifier
+
+    ModelStore(tmp_path).add(tiny_classifier(), tiny_card())
+    image = png_bytes(np.zeros((8, 8, 3), np.uint8))
+    with TestClient(create_app(Settings(store=tmp_path, max_queue=1))) as client:
+        files = {"image": ("a.png", image, "image/png")}
+        assert client.post("/v1/models/tiny/predict", files=files).status_code == 200
+        explained = client.post("/v1/models/tiny/explain", params={"method": "gradcam"},
+                                files=files)
+        assert explained.status_code == 200
+        text = client.get("/metrics").text
+    for needle in (
+        'cnnvis_batch_size_count{model="tiny"}',
+        'cnnvis_queue_duration_seconds_count{model="tiny"}',
+        'cnnvis_onnxruntime_run_seconds_count{graph="forward",model="tiny"}',
+        'cnnvis_onnxruntime_run_seconds_count{graph="derived",model="tiny"}',
+        'cnnvis_queue_depth{model="tiny"} 0.0',
+        'cnnvis_method="gradcam"',
+    ):
+        assert needle in text, needle
