@@ -3,7 +3,6 @@ randomisation sanity check (Adebayo et al. 2018)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
