@@ -1,0 +1,133 @@
+"""Explain end to end over HTTP vs the plain onnxruntime forward vs pytorch-grad-cam, one run.
+
+    .venv/bin/python bench/explain_bench.py [--repeat 20] [--quick]
+
+resnet50 (torchvision, seeded random weights), one 224x224 image (the skimage cat, resized),
+on this machine's CPU. Prints a Markdown table for docs/BENCHMARKS.md: each method's p50 over
+HTTP (decode, preprocess, onnxruntime, method, render, PNG, base64, JSON) and its ratio to the
+plain forward measured in the same run; GradCAM against pytorch-grad-cam in-process; and
+Score-CAM against pytorch-grad-cam's ScoreCAM at equal batch size (resnet18, 512 channels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from _common import (
+    Server,
+    cat_png,
+    export_torchvision,
+    make_store,
+    p50,
+    time_it,
+    torchvision_card,
+)
+
+METHODS = {  # method -> options keeping the slow ones bounded but honest
+    "gradcam": {}, "hirescam": {}, "gradcam_elementwise": {}, "gradcampp": {}, "xgradcam": {},
+    "layercam": {}, "eigencam": {}, "eigengradcam": {}, "cam": {}, "saliency": {},
+    "inputxgradient": {}, "guided_backprop": {}, "deconvnet": {}, "guided_gradcam": {},
+    "smoothgrad": {"samples": 25}, "integrated_gradients": {"steps": 50},
+    "occlusion": {"window": 32, "stride": 16}, "scorecam": {}, "ablationcam": {},
+}
+SLOW = {"scorecam", "ablationcam", "occlusion", "smoothgrad", "integrated_gradients"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="skip the slow methods")
+    args = parser.parse_args()
+
+    import httpx
+    import onnxruntime as ort
+    import torch
+    import torchvision
+    from pytorch_grad_cam import GradCAM, ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from service.imaging.preprocess import preprocess
+
+    torch.set_num_threads(2)
+    work = Path(tempfile.mkdtemp(prefix="cnnvis-bench-"))
+    resnet50 = export_torchvision("resnet50")
+    resnet18 = export_torchvision("resnet18")
+    store = make_store(work / "store", {
+        "resnet50": (resnet50, torchvision_card("resnet50")),
+        "resnet18": (resnet18, torchvision_card("resnet18")),
+    })
+    png = cat_png(224)
+    from PIL import Image
+    import io
+
+    x = preprocess([Image.open(io.BytesIO(png))], torchvision_card("resnet50").input)  # type: ignore[attr-defined]
+
+    session = ort.InferenceSession(resnet50, providers=["CPUExecutionProvider"])
+    forward = p50(time_it(lambda: session.run(None, {"input": x}), args.repeat))
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50(weights=None).eval()
+    target = int(np.argmax(session.run(None, {"input": x})[0]))
+    with GradCAM(model=net, target_layers=[net.layer4[-1]]) as cam:
+        tensor = torch.from_numpy(x)
+        ref_gradcam = p50(time_it(
+            lambda: cam(input_tensor=tensor, targets=[ClassifierOutputTarget(target)]),
+            args.repeat))
+
+    rows = []
+    server = Server(store, max_batch_size=1)
+    try:
+        client = httpx.Client(base_url=server.url, timeout=600)
+        for method, options in METHODS.items():
+            if args.quick and method in SLOW:
+                continue
+            repeat = 2 if method in SLOW else args.repeat
+
+            def call(method: str = method, options: dict = options) -> None:
+                r = client.post("/v1/models/resnet50/explain",
+                                params={"method": method, "options": json.dumps(options)},
+                                files={"image": ("cat.png", png, "image/png")})
+                assert r.status_code == 200, r.text[:300]
+
+            rows.append((method, p50(time_it(call, repeat, warmup=1))))
+
+        # Score-CAM at equal batch size on resnet18 (512 channels at 224x224)
+        session18 = ort.InferenceSession(resnet18, providers=["CPUExecutionProvider"])
+        target18 = int(np.argmax(session18.run(None, {"input": x})[0]))
+        torch.manual_seed(0)
+        net18 = torchvision.models.resnet18(weights=None).eval()
+        with ScoreCAM(model=net18, target_layers=[net18.layer4[-1]]) as scorecam:
+            scorecam.batch_size = 32
+            ref_score = p50(time_it(
+                lambda: scorecam(input_tensor=torch.from_numpy(x),
+                                 targets=[ClassifierOutputTarget(target18)]), 2, warmup=1))
+
+        def ours_score() -> None:
+            r = client.post("/v1/models/resnet18/explain",
+                            params={"method": "scorecam", "targets": json.dumps([target18]),
+                                    "options": json.dumps({"batch_size": 32})},
+                            files={"image": ("cat.png", png, "image/png")})
+            assert r.status_code == 200, r.text[:300]
+
+        ours_scorecam = p50(time_it(ours_score, 2, warmup=1))
+    finally:
+        server.stop()
+
+    print(f"plain onnxruntime forward, resnet50, 1x3x224x224: p50 {forward:.1f} ms\n")
+    print("| method | p50 over HTTP (ms) | ratio to plain forward |")
+    print("|---|---:|---:|")
+    for method, ms in rows:
+        print(f"| {method} | {ms:.1f} | {ms / forward:.2f}x |")
+    gradcam = dict(rows)["gradcam"]
+    print(f"\npytorch-grad-cam GradCAM in-process (torch eager, 2 threads): p50 {ref_gradcam:.1f} ms;"
+          f" cnnvis gradcam over HTTP is {ref_gradcam / gradcam:.2f}x faster")
+    print(f"Score-CAM, resnet18, batch 32: pytorch-grad-cam {ref_score:.0f} ms, cnnvis over HTTP"
+          f" {ours_scorecam:.0f} ms (ratio {ours_scorecam / ref_score:.2f})")
+
+
+if __name__ == "__main__":
+    main()
