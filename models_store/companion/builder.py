@@ -18,7 +18,7 @@ from models_store.errors import LayerNotFound, UnsupportedModel
 
 from . import rules as _rules  # noqa: F401  (registers every rule)
 from .context import REGISTRY, GraphWriter, ReluRule, RuleContext, UnknownShape
-from .graph import SourceGraph, describe, format_path, normalise
+from .graph import SourceGraph, describe, format_path, normalise, outer_names
 
 # Bump whenever an emitted graph can change for the same inputs (invalidates the cache).
 BUILDER_VERSION = "1"
@@ -185,6 +185,7 @@ class _Sweep:
             self.src.constant,
             self.rule,
             self.options,
+            self.src,
         )
         try:
             results = list(rule.fn(ctx))
@@ -269,7 +270,7 @@ def _assemble(
             needed.update(i for i in node.input if i)
             for attr in node.attribute:  # subgraphs (If/Loop) read outer-scope tensors
                 for g in [attr.g, *attr.graphs]:
-                    needed.update(_outer_names(g))
+                    needed.update(outer_names(g))
     kept.reverse()
     graph.name = f"{src.graph.name}_companion"
     graph.node.extend(kept)
@@ -284,38 +285,10 @@ def _assemble(
     )
 
 
-def _outer_names(graph: onnx.GraphProto) -> set[str]:
-    names = set()
-    for node in graph.node:
-        names.update(i for i in node.input if i)
-        for attr in node.attribute:
-            for g in [attr.g, *attr.graphs]:
-                names |= _outer_names(g)
-    return names
-
-
 def forward_model(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
     """The source graph exposing ``outputs`` (any tensors) and pruned to what they need."""
     src = SourceGraph(*normalise(model))
     for name in outputs:
         if not src.has_tensor(name):
             raise LayerNotFound(f"tensor {name!r} is not in the graph")
-    needed = src.upstream(outputs)
-    nodes = [n for n in src.nodes if any(o in needed for o in n.output)]
-    for node in nodes:
-        for attr in node.attribute:
-            for g in [attr.g, *attr.graphs]:
-                needed |= _outer_names(g)
-    result = onnx.ModelProto()
-    result.ir_version = src.model.ir_version
-    result.opset_import.extend(src.model.opset_import)
-    graph = result.graph
-    graph.name = src.graph.name
-    graph.node.extend(nodes)
-    graph.input.extend(vi for vi in src.graph.input if vi.name in src.inputs)
-    graph.output.extend(src.value_info(name) for name in outputs)
-    graph.initializer.extend(t for t in src.graph.initializer if t.name in needed)
-    graph.value_info.extend(
-        vi for vi in src.graph.value_info if vi.name in needed and vi.name not in outputs
-    )
-    return result
+    return src.pruned(outputs)

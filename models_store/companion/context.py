@@ -111,6 +111,7 @@ class RuleContext:
         constants: Callable[[str], np.ndarray | None],
         relu_rule: ReluRule,
         options: dict[str, Any],
+        source: Any = None,
     ) -> None:
         self.node = node
         self.writer = writer
@@ -121,6 +122,7 @@ class RuleContext:
         self._constants = constants
         self.relu_rule = relu_rule
         self.options = options
+        self._source = source
         self.opset = writer.opset
         self._hint = node.name or node.op_type
         self.attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -177,6 +179,13 @@ class RuleContext:
     def int_list(self, name: str) -> list[int] | None:
         value = self.constant(name)
         return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+
+    def shape_only_value(self, name: str, batch: int) -> np.ndarray | None:
+        """Build-time value of a tensor that depends on input shapes only, at a batch size."""
+        return None if self._source is None else self._source.evaluate_shape_only(name, batch)
+
+    def element_count(self, name: str, batch: int) -> int | None:
+        return None if self._source is None else self._source.element_count(name, batch)
 
     # -- emitting -----------------------------------------------------------------------
     def emit(self, op: str, *inputs: str, **attrs: Any) -> str:

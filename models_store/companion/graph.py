@@ -27,6 +27,7 @@ FLOAT_TYPES = {
 # Ops a trailing probability head is reached through when looking for the logits.
 _PLUMBING = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout", "Cast"}
 _PROBABILITY_HEADS = {"Softmax", "Sigmoid", "LogSoftmax"}
+_RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -205,6 +206,86 @@ class SourceGraph:
         """Tensors that depend on a runtime input; everything else is a build-time constant."""
         return self.downstream(self.inputs)
 
+    # -- sub-models ------------------------------------------------------------------
+    def pruned(self, outputs: Sequence[str]) -> onnx.ModelProto:
+        """This graph exposing ``outputs`` and keeping only the nodes they need."""
+        needed = self.upstream(outputs)
+        nodes = [n for n in self.nodes if any(o in needed for o in n.output)]
+        for node in nodes:
+            for attr in node.attribute:
+                for g in [attr.g, *attr.graphs]:
+                    needed |= outer_names(g)
+        result = onnx.ModelProto()
+        result.ir_version = self.model.ir_version
+        result.opset_import.extend(self.model.opset_import)
+        graph = result.graph
+        graph.name = self.graph.name
+        graph.node.extend(nodes)
+        graph.input.extend(vi for vi in self.graph.input if vi.name in self.inputs)
+        graph.output.extend(self.value_info(name) for name in outputs)
+        graph.initializer.extend(t for t in self.graph.initializer if t.name in needed)
+        graph.value_info.extend(
+            vi for vi in self.graph.value_info if vi.name in needed and vi.name not in outputs
+        )
+        return result
+
+    @cached_property
+    def value_dependent(self) -> set[str]:
+        """Tensors whose *values* depend on a runtime input (Shape/Size outputs do not)."""
+        reached = set(self.inputs)
+        for node in self.nodes:
+            if node.op_type in ("Shape", "Size"):
+                continue
+            if any(i in reached for i in node.input if i):
+                reached.update(o for o in node.output if o)
+        return reached
+
+    def evaluate_shape_only(self, name: str, batch: int) -> np.ndarray | None:
+        """The value of a tensor computed from input *shapes* only (e.g. index arithmetic on
+        the batch size), for a given batch size; None if it depends on input values."""
+        if name in self.value_dependent:
+            return None
+        import onnxruntime as ort
+
+        feeds = {}
+        for vi in self.graph.input:
+            if vi.name not in self.inputs:
+                continue
+            dims = self.shapes.get(vi.name)
+            if dims is None or any(not isinstance(d, int) for d in dims[1:]):
+                return None
+            elem = self.dtypes.get(vi.name, onnx.TensorProto.FLOAT)
+            feeds[vi.name] = np.zeros(
+                (batch, *dims[1:]), dtype=helper.tensor_dtype_to_np_dtype(elem)
+            )
+        model = self.pruned([name])
+        used = {i for n in model.graph.node for i in n.input}
+        feeds = {k: v for k, v in feeds.items() if k in used}
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        return np.asarray(session.run(None, feeds)[0])
+
+    def element_count(self, name: str, batch: int) -> int | None:
+        """Number of elements of ``name`` at a batch size, following reshape-like ops back to
+        a tensor whose shape is static but for the image's batch dimension."""
+        image_shape = self.shapes.get(self.inputs[0]) or (None,)
+        batch_dim = image_shape[0] if isinstance(image_shape[0], str) else None
+        while True:
+            shape = self.shapes.get(name)
+            if shape is not None:
+                lead, rest = 1, shape
+                if shape and batch_dim is not None and shape[0] == batch_dim:
+                    lead, rest = batch, shape[1:]
+                if all(isinstance(d, int) for d in rest):
+                    return lead * int(np.prod(rest))  # type: ignore[arg-type]
+            node = self.producer.get(name)
+            if node is None or node.op_type not in _RESHAPES:
+                return None
+            name = node.input[0]
+
     # -- the score ---------------------------------------------------------------------
     def resolve_score(self, score: str | None) -> str:
         if score is not None:
@@ -221,6 +302,16 @@ class SourceGraph:
                 break
             name = node.input[0]
         return first
+
+
+def outer_names(graph: onnx.GraphProto) -> set[str]:
+    names = set()
+    for node in graph.node:
+        names.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for g in [attr.g, *attr.graphs]:
+                names |= outer_names(g)
+    return names
 
 
 def describe(node: onnx.NodeProto) -> str:

@@ -807,3 +807,44 @@ def test_rule(case: Case) -> None:
     scale = sum(float(np.linalg.norm(grads[k]) * np.linalg.norm(direction[k])) for k in feeds)
     fd_tol = 1e-6 if dtype == np.float64 else 3e-3
     assert abs(numeric - analytic) <= fd_tol * max(scale, 1e-12), (numeric, analytic, dtype)
+
+
+@pytest.mark.parametrize("order", ["identity", "reversed"])
+def test_gather_with_indices_computed_from_the_batch_size(order: str) -> None:
+    """The dynamo exporter's as_strided: a Gather on a flattened tensor whose indices are
+    Range arithmetic on Shape(input). Identity and permutations are supported."""
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], end=1),
+        helper.make_node("Squeeze", ["shape"], ["n"]),
+        helper.make_node("Mul", ["n", "four"], ["count"]),
+        helper.make_node("Range", ["zero", "count", "one"], ["ramp"]),
+        helper.make_node("Reshape", ["x", "flat"], ["data"]),
+    ]
+    if order == "identity":
+        nodes.append(helper.make_node("Identity", ["ramp"], ["idx"]))
+    else:
+        nodes += [
+            helper.make_node("Sub", ["count", "one"], ["last"]),
+            helper.make_node("Sub", ["last", "ramp"], ["idx"]),
+        ]
+    nodes.append(helper.make_node("Gather", ["data", "idx"], ["y"], axis=0))
+    graph = helper.make_graph(
+        nodes,
+        "as_strided",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        initializer=[i64("four", 4), i64("zero", 0), i64("one", 1), i64("flat", [-1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    companion, spec = build_checked(model, input_gradient=True, score="y")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4)).astype(np.float32)  # a batch size the probe did not use
+    seed = rng.normal(size=(12,)).astype(np.float32)
+    _, grad = session(companion).run(None, {"x": x, spec.seed: seed})
+    xt = torch.from_numpy(x).requires_grad_()
+    flat = xt.reshape(-1)
+    y = flat if order == "identity" else flat.flip(0)
+    (ref,) = torch.autograd.grad((y * torch.from_numpy(seed)).sum(), xt)
+    np.testing.assert_allclose(grad, ref.numpy(), rtol=0, atol=0)

@@ -171,7 +171,7 @@ def _one_hot(indices: np.ndarray, depth: int, dtype: np.dtype) -> np.ndarray:
 def gather(ctx: RuleContext) -> list[str | None]:
     indices = ctx.constant(ctx.x(1))
     if indices is None:
-        raise UnsupportedModel(f"Gather {ctx.node.name!r}: indices must be constants")
+        return _gather_shape_indexed(ctx)
     x = ctx.x(0)
     rank = ctx.rank(x)
     axis = ctx.attr("axis", 0) % rank
@@ -191,6 +191,49 @@ def gather(ctx: RuleContext) -> list[str | None]:
     moved = ctx.emit("Transpose", g, perm=perm) if axis != rank - 1 else g
     back = ctx.emit("MatMul", moved, ctx.const(_one_hot(indices, dim, ctx.dtype())))
     return [ctx.emit("Transpose", back, perm=inverse) if axis != rank - 1 else back, None]
+
+
+_PROBE_BATCHES = (1, 2, 5)
+
+
+def _gather_shape_indexed(ctx: RuleContext) -> list[str | None]:
+    """Gather on a flat tensor with indices computed from the batch size (the dynamo
+    exporter's as_strided). The indices are evaluated at build time for a few batch sizes:
+    an identity passes the gradient through; a permutation is inverted at run time with
+    TopK (a sort, no scatter). Anything else is refused."""
+    x, index = ctx.x(0), ctx.x(1)
+    if ctx.rank(x) != 1:
+        raise UnsupportedModel(
+            f"Gather {ctx.node.name!r}: indices computed at run time are only supported on "
+            "a flat tensor"
+        )
+    kinds = set()
+    for batch in _PROBE_BATCHES:
+        values, count = ctx.shape_only_value(index, batch), ctx.element_count(x, batch)
+        if values is None or count is None or values.size != count:
+            raise UnsupportedModel(
+                f"Gather {ctx.node.name!r}: indices depend on input values or do not cover "
+                "the data; no gradient rule"
+            )
+        values = values.reshape(-1)
+        if np.array_equal(values, np.arange(count)):
+            kinds.add("identity")
+        elif np.array_equal(np.sort(values), np.arange(count)):
+            kinds.add("permutation")
+        else:
+            raise UnsupportedModel(
+                f"Gather {ctx.node.name!r}: run-time indices are not a permutation"
+            )
+    g = ctx.grad_out(0)
+    if kinds == {"identity"}:
+        return [ctx.reshape_like(g, x), None]
+    # inverse[j] = the position holding j = the order that sorts the indices ascending.
+    flat_index = ctx.emit("Reshape", index, ctx.ints([-1]))
+    _, inverse = ctx.emit_multi(
+        "TopK", [flat_index, ctx.shape_of(flat_index)], 2, axis=0, largest=0, sorted=1
+    )
+    flat_g = ctx.emit("Reshape", g, ctx.ints([-1]))
+    return [ctx.emit("Gather", flat_g, inverse, axis=0), None]
 
 
 @vjp("GatherND")

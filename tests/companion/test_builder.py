@@ -1,0 +1,199 @@
+"""The engine's contract: outputs, score resolution, pruning, errors, batch, cache."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from models_store.companion import (
+    BUILDER_VERSION,
+    REGISTRY,
+    CompanionSpec,
+    build_companion,
+    forward_model,
+    load_or_build,
+)
+from models_store.companion.context import vjp
+from models_store.errors import LayerNotFound, UnsupportedModel
+
+from .helpers import build_checked, scan_emitted, session
+
+
+def tiny(
+    head: str | None = "Softmax", extra: list[onnx.NodeProto] | None = None, opset: int = 17
+) -> onnx.ModelProto:
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm [-> head]."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=(4,)).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.normal(size=(5, 4)).astype(np.float32), "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "w", "b"], ["conv"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["relu"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1, name="fc"),
+        *(extra or []),
+    ]
+    out = "logits"
+    if head:
+        nodes.append(helper.make_node(head, ["logits"], ["probs"], name="head"))
+        nodes.append(helper.make_node("Identity", ["probs"], ["output"], name="out"))
+        out = "output"
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 5])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def run(companion: onnx.ModelProto, spec: CompanionSpec, x: np.ndarray, seed: np.ndarray):
+    outs = session(companion).run(list(spec.outputs), {spec.image_input: x, spec.seed: seed})
+    return dict(zip(spec.outputs, outs, strict=True))
+
+
+@pytest.mark.parametrize("head", ["Softmax", "Sigmoid", "LogSoftmax", None])
+def test_score_is_the_logits_before_a_probability_head(head: str | None) -> None:
+    model = tiny(head)
+    companion, spec = build_checked(model, ["relu"], input_gradient=True)
+    assert spec.outputs == ("score", "activation_0", "gradient_0", "input_gradient")
+    assert [o.name for o in companion.graph.output] == list(spec.outputs)
+    assert [i.name for i in companion.graph.input] == ["image", "seed"]
+    x = np.random.default_rng(1).normal(size=(3, 3, 6, 6)).astype(np.float32)
+    seed = np.eye(3, 5, dtype=np.float32)
+    outs = run(companion, spec, x, seed)
+    (logits,) = session(forward_model(model, ["logits"])).run(None, {"image": x})
+    np.testing.assert_allclose(outs["score"], logits, rtol=1e-6)
+    (relu,) = session(forward_model(model, ["relu"])).run(None, {"image": x})
+    np.testing.assert_allclose(outs["activation_0"], relu, rtol=1e-6)
+
+
+def test_batch_dimension_stays_dynamic_and_rows_take_their_own_seed() -> None:
+    companion, spec = build_checked(tiny(), ["relu"])
+    seed_dim = companion.graph.input[1].type.tensor_type.shape.dim[0]
+    assert seed_dim.dim_param == "N"
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4, 3, 6, 6)).astype(np.float32)
+    seed = np.zeros((4, 5), np.float32)
+    seed[np.arange(4), [0, 3, 1, 4]] = 1
+    batched = run(companion, spec, x, seed)["gradient_0"]
+    for row in range(4):
+        single = run(companion, spec, x[row : row + 1], seed[row : row + 1])["gradient_0"]
+        np.testing.assert_allclose(batched[row : row + 1], single, rtol=1e-6, atol=1e-7)
+
+
+def test_only_the_path_to_the_score_is_differentiated() -> None:
+    # A side branch from the image that does not reach the score gets no backward nodes.
+    side = [helper.make_node("Sigmoid", ["image"], ["side"], name="side")]
+    companion, _ = build_checked(tiny(extra=side), ["gap"])
+    ops = [n.op_type for n in companion.graph.node]
+    # gap's gradient needs only Gemm and Flatten backward: no ConvTranspose, no Relu mask
+    assert "ConvTranspose" not in ops and "Where" not in ops and "Sigmoid" not in ops
+
+
+def test_unknown_layer_is_layer_not_found() -> None:
+    with pytest.raises(LayerNotFound, match="nope"):
+        build_companion(tiny(), ["nope"])
+
+
+def test_layer_that_does_not_reach_the_score_is_refused() -> None:
+    side = [helper.make_node("Sigmoid", ["conv"], ["side"], name="side")]
+    with pytest.raises(UnsupportedModel, match="does not influence the score"):
+        build_companion(tiny(extra=side), ["side"])
+
+
+def test_op_without_rule_names_op_node_and_path() -> None:
+    model = tiny(head=None)
+    # an op we have no rule for, between the layer and the score
+    model.graph.node[1].op_type = "Selu"
+    model.graph.node[1].name = "odd"
+    with pytest.raises(UnsupportedModel) as err:
+        build_companion(model, ["conv"])
+    detail = err.value.detail
+    assert "'Selu'" in detail and "'odd'" in detail
+    assert "'conv' -> Selu 'odd' -> GlobalAveragePool 'gap'" in detail
+    assert "score 'logits'" in detail
+
+
+def test_registry_refuses_duplicates() -> None:
+    assert "Conv" in REGISTRY
+    with pytest.raises(ValueError, match="duplicate"):
+        vjp("Conv")(lambda ctx: [])
+
+
+def test_old_opset_is_lifted_to_13() -> None:
+    companion, _ = build_companion(tiny(head=None, opset=11), ["relu"], input_gradient=True)
+    assert {o.domain: o.version for o in companion.opset_import}[""] == 13
+    onnx.checker.check_model(companion)
+
+
+def test_scan_catches_forbidden_constructs() -> None:
+    companion, _ = build_companion(tiny(), ["relu"], input_gradient=True)
+    assert scan_emitted(companion, 17) == []
+    bad = onnx.ModelProto()
+    bad.CopyFrom(companion)
+    bad.graph.node.append(helper.make_node("ScatterND", ["a", "b", "c"], ["d"]))
+    bad.graph.node.append(helper.make_node("ConvTranspose", ["a", "b"], ["e"], pads=[0, 0, 1, 1]))
+    bad.graph.node.append(helper.make_node("FusedConv", ["a"], ["f"], domain="com.microsoft"))
+    problems = scan_emitted(bad, 17)
+    assert len(problems) == 3, problems
+
+
+def _build_in_process(args: tuple[str, str]) -> str:
+    derived, model_path = args
+    path, spec = load_or_build(Path(derived), Path(model_path), "abc", ["relu"], "guided", True)
+    return json.dumps([str(path), spec.gradients])
+
+
+def test_cache_builds_once_and_is_keyed(tmp_path: Path) -> None:
+    model_path = tmp_path / "model.onnx"
+    onnx.save(tiny(), str(model_path))
+    derived = tmp_path / "derived"
+    path, spec = load_or_build(derived, model_path, "abc", ["relu"], "standard", False)
+    assert path.exists() and spec.layers == ("relu",)
+    mtime = path.stat().st_mtime_ns
+    again, spec2 = load_or_build(derived, model_path, "abc", ["relu"], "standard", False)
+    assert again == path and spec2 == spec and path.stat().st_mtime_ns == mtime
+    other, _ = load_or_build(derived, model_path, "abc", ["relu"], "guided", False)
+    assert other != path
+    assert len(list(derived.glob("*.onnx"))) == 2
+    assert not list(derived.glob(".*"))  # no temporary files left behind
+    assert BUILDER_VERSION
+
+
+def test_cache_ignores_an_entry_without_its_spec(tmp_path: Path) -> None:
+    model_path = tmp_path / "model.onnx"
+    onnx.save(tiny(), str(model_path))
+    derived = tmp_path / "derived"
+    path, _ = load_or_build(derived, model_path, "abc", ["relu"], "standard", False)
+    path.with_suffix(".json").unlink()
+    path.write_bytes(b"half written")
+    path2, spec = load_or_build(derived, model_path, "abc", ["relu"], "standard", False)
+    assert path2 == path and spec.layers == ("relu",)
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def test_cache_is_safe_under_concurrent_builds(tmp_path: Path) -> None:
+    model_path = tmp_path / "model.onnx"
+    onnx.save(tiny(), str(model_path))
+    derived = tmp_path / "derived"
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        results = pool.map(_build_in_process, [(str(derived), str(model_path))] * 4)
+    assert len(set(results)) == 1
+    path = Path(json.loads(results[0])[0])
+    onnx.checker.check_model(onnx.load(str(path)))
+    assert not list(derived.glob(".*"))
