@@ -87,6 +87,10 @@ class ModelStore:
         self._tmp = self.root / _TMP
         shutil.rmtree(self._tmp, ignore_errors=True)  # leftovers of an interrupted write
         self._tmp.mkdir(exist_ok=True)
+        # derived graphs are written as .<name>.<random>.tmp then renamed: a process killed
+        # mid-write leaves only such a file, never a partial graph under its final name
+        for stale in self.root.glob(f"*/*/{DERIVED_DIR}/.*.tmp"):
+            stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
 
     # ---- reading -------------------------------------------------------------------------
