@@ -195,3 +195,22 @@ def test_known_ort_layout_issue(zoo: Any, zoo_dir: Any) -> None:
     a = run_method("saliency", runner, x, [3, 3], [], {}).maps[0]
     b = run_method("saliency", exact, x, [3, 3], [], {}).maps[0]
     assert rel_err(a, b) <= 1e-4
+
+
+def test_open_derived_keeps_companion_graphs_off_the_layout_optimiser(zoo: Any,
+                                                                      zoo_dir: Any) -> None:
+    """The workaround for the issue above: plain forwards may use ENABLE_ALL, companion graphs
+    open through ``open_derived`` at ENABLE_EXTENDED."""
+    import onnxruntime as ort
+
+    from service.runtime.runner import ModelRunner
+
+    z = zoo("resnet18")
+    runner = ModelRunner(z.path, zoo_dir / "derived-resnet18-split", "sha-r18", "input",
+                         "logits", cpu_session(ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                         open_derived=open_cpu_session)
+    x = np.random.default_rng(0).standard_normal((2, 3, 112, 112), dtype=np.float32)
+    a = run_method("saliency", runner, x, [3, 3], [], {}).maps[0]
+    b = run_method("saliency", z.runner(zoo_dir / "derived-resnet18-split"), x, [3, 3], [],
+                   {}).maps[0]
+    assert rel_err(a, b) <= 1e-6
