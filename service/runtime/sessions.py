@@ -65,9 +65,14 @@ def provider_list(settings: Settings) -> list[str | tuple[str, dict[str, Any]]]:
     return chosen
 
 
-def open_session(path: Path, settings: Settings) -> Session:
+def open_session(path: Path, settings: Settings, extended_only: bool = False) -> Session:
+    """``extended_only``: skip onnxruntime's layout optimisations (ORT_ENABLE_ALL's NCHWc
+    transform), which return wrong input gradients on some companion graphs (onnxruntime 1.32,
+    resnet18; see tests/explain/test_gradient_parity.py)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if extended_only:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if settings.intra_op_threads:
         options.intra_op_num_threads = settings.intra_op_threads
     if settings.inter_op_threads:
@@ -83,35 +88,36 @@ class SessionCache:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._sessions: OrderedDict[Path, Session] = OrderedDict()
+        self._sessions: OrderedDict[tuple[Path, bool], Session] = OrderedDict()
         self._lock = threading.Lock()
-        self._opening: dict[Path, threading.Lock] = {}
+        self._opening: dict[tuple[Path, bool], threading.Lock] = {}
 
-    def get(self, path: Path) -> Session:
+    def get(self, path: Path, extended_only: bool = False) -> Session:
+        key = (path, extended_only)
         with self._lock:
-            session = self._sessions.get(path)
+            session = self._sessions.get(key)
             if session is not None:
-                self._sessions.move_to_end(path)
+                self._sessions.move_to_end(key)
                 return session
-            opening = self._opening.setdefault(path, threading.Lock())
-        with opening:  # concurrent requests for one new model wait for a single open
+            opening = self._opening.setdefault(key, threading.Lock())
+        with opening:  # concurrent requests for one new graph wait for a single open
             with self._lock:
-                session = self._sessions.get(path)
+                session = self._sessions.get(key)
             if session is None:
-                session = open_session(path, self.settings)
+                session = open_session(path, self.settings, extended_only)
                 with self._lock:
-                    self._sessions[path] = session
+                    self._sessions[key] = session
                     while len(self._sessions) > self.settings.session_cache_size:
                         self._sessions.popitem(last=False)
         with self._lock:
-            self._opening.pop(path, None)
+            self._opening.pop(key, None)
         return session
 
     def evict(self, prefix: Path) -> None:
         """Forget sessions of files under ``prefix`` (a deleted model)."""
         with self._lock:
-            for path in [p for p in self._sessions if p.is_relative_to(prefix)]:
-                del self._sessions[path]
+            for key in [k for k in self._sessions if k[0].is_relative_to(prefix)]:
+                del self._sessions[key]
 
     def providers_in_use(self) -> list[str]:
         with self._lock:
