@@ -48,9 +48,17 @@ class CompanionSpec:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    # "conv_transpose": grouped ConvTranspose; "flipped_conv": zero-stuffed g convolved with
-    # the flipped depthwise kernel (same numbers, different kernels on the runtime).
-    depthwise: str = "conv_transpose"
+    """How convolution input gradients are formulated (the same numbers either way).
+
+    "conv_transpose": ConvTranspose with the forward weight (pads 0, output_padding, Slice).
+    "flipped_conv": g zero-stuffed by the stride, then a forward Conv with the spatially
+    flipped, in/out-swapped weight; the crop is folded into the Conv's pads.
+    "auto": flipped_conv at unit stride (no stuffing needed), conv_transpose otherwise.
+    ``grouped`` applies to group > 1 (depthwise), ``dense`` to group = 1.
+    """
+
+    dense: str = "auto"
+    grouped: str = "auto"
 
 
 def build_companion(

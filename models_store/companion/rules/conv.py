@@ -93,7 +93,11 @@ def transposed_conv_grad(
     geo: dict[str, list[int]],
 ) -> str:
     """d(input) of a convolution with weight (M, C/G, k...) given d(output) ``g``."""
-    if ctx.options.get("depthwise") == "flipped_conv" and group > 1 and weight_value is not None:
+    choice = ctx.options.get("grouped" if group > 1 else "dense", "conv_transpose")
+    unit_stride = all(st == 1 for st in geo["strides"])
+    if weight_value is not None and (
+        choice == "flipped_conv" or (choice == "auto" and unit_stride)
+    ):
         return flipped_conv_grad(ctx, g, weight_value, group, geo)
     n = len(geo["in"])
     full = [(o - 1) * s + e for o, s, e in zip(geo["out"], geo["strides"], geo["eff"], strict=True)]
