@@ -107,9 +107,16 @@ def eigengradcam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
     return first_component(g * a)
 
 
+TOP_CLASS = -1  # a target meaning "the row's top class", chosen inside the companion graph
+
+
 def onehot(targets: Sequence[int], classes: int) -> np.ndarray:
+    """One-hot seeds; a ``TOP_CLASS`` target leaves its row zero, which the companion graph
+    reads as "seed the top-scoring class" (models_store/companion/autoseed.py)."""
     seed = np.zeros((len(targets), classes), dtype=np.float32)
-    seed[np.arange(len(targets)), np.asarray(targets, dtype=np.intp)] = 1.0
+    index = np.asarray(targets, dtype=np.intp)
+    rows = np.flatnonzero(index >= 0)
+    seed[rows, index[rows]] = 1.0
     return seed
 
 
@@ -151,8 +158,15 @@ def _gradient_cam(name: str) -> Callable[..., MethodOutput]:
     return run
 
 
-for _name in ("gradcam", "hirescam", "gradcam_elementwise", "gradcampp", "xgradcam",
-              "layercam", "eigengradcam"):
+for _name in (
+    "gradcam",
+    "hirescam",
+    "gradcam_elementwise",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "eigengradcam",
+):
     register(_name, "cam", CAM_OPTIONS)(_gradient_cam(_name))
 
 
@@ -304,5 +318,3 @@ def resize_align_corners(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def upsample(m: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
     """(R, h, w) -> (R, H, W) with the rendering's OpenCV-style kernels."""
     return np.stack([resize_map(r, size, interpolation) for r in m])  # type: ignore[arg-type]
-
-

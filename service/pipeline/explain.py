@@ -16,6 +16,7 @@ from models_store.errors import ProblemError
 from models_store.store import ModelRecord
 from schemas.explain import ArrayOut, ExplainRequest, ExplainResult, Stats, Target
 from service.explain import run_method
+from service.explain.cam import TOP_CLASS
 from service.imaging.colormaps import apply_colormap
 from service.imaging.decode import to_8bit
 from service.imaging.preprocess import (
@@ -39,6 +40,26 @@ from service.pipeline.targets import resolve_targets
 from service.scores import class_score, probabilities
 from service.state import AppState
 
+# Methods whose every companion run sees the posted image itself, so "the top class" of the
+# graph's own score is the request's top-1 target (not the noisy or interpolated inputs of
+# SmoothGrad / integrated gradients, nor the forward-only perturbation methods).
+CHOOSES_TOP_CLASS = frozenset(
+    {
+        "gradcam",
+        "hirescam",
+        "gradcam_elementwise",
+        "gradcampp",
+        "xgradcam",
+        "layercam",
+        "eigengradcam",
+        "saliency",
+        "inputxgradient",
+        "guided_backprop",
+        "deconvnet",
+        "guided_gradcam",
+    }
+)
+
 
 @dataclass
 class Explained:
@@ -58,10 +79,13 @@ def explain(
     x, geometries = preprocess_with_geometry(images, card.input)
     runner = state.runner(record)
     layers = resolve_layers(state, record, body.layer)
-    scores, _ = runner.forward(x)
-    probs = probabilities(scores, card)
-    targets = resolve_targets(body.targets, scores, card, state.settings.max_top_k)
-    rows = [(i, t) for i, image_targets in enumerate(targets) for t in image_targets]
+    auto = body.targets == "top1" and body.method in CHOOSES_TOP_CLASS
+    if auto:  # one run: the companion graph seeds each row's top class itself
+        rows = [(i, TOP_CLASS) for i in range(len(images))]
+    else:
+        scores, _ = runner.forward(x)
+        targets = resolve_targets(body.targets, scores, card, state.settings.max_top_k)
+        rows = [(i, t) for i, image_targets in enumerate(targets) for t in image_targets]
     timings["inference"] = _lap(clock)
 
     clock = time.perf_counter()
@@ -69,6 +93,10 @@ def explain(
     output = run_method(
         body.method, runner, x[image_of_row], [t for _, t in rows], layers, body.options
     )
+    if auto:
+        scores = output.scores
+        rows = [(i, int(t)) for i, t in enumerate(np.argmax(scores, axis=1))]
+    probs = probabilities(scores, card)
     timings["method"] = _lap(clock)
 
     clock = time.perf_counter()

@@ -13,6 +13,7 @@ import numpy as np
 
 from models_store.errors import ProblemError
 from schemas.explain import Render
+from service.explain.cam import fuse_maps
 from service.imaging.render import normalize, prepare_map, reduce_gradient, resize_map
 
 # render.reduce = auto: magnitude for sign-free gradient maps, signed sums for attributions
@@ -41,14 +42,10 @@ def fuse_cam_layers(
         scaled.append(resize_map(m, size, render.interpolation) if m.shape != size else m)
     if len(scaled) == 1:
         return scaled[0]
-    stack = np.stack(scaled)
-    if fusion == "mean":
-        return stack.mean(axis=0)
-    if fusion == "max":
-        return stack.max(axis=0)
-    if fusion == "product":
-        return stack.prod(axis=0)
-    raise ProblemError(f"options.fusion must be mean, max or product, not {fusion!r}")
+    try:
+        return fuse_maps(scaled, fusion)
+    except ValueError as exc:
+        raise ProblemError(f"options.fusion: {exc}") from None
 
 
 def gradient_map(attribution: np.ndarray, method: str, render: Render) -> np.ndarray:

@@ -220,3 +220,32 @@ def test_first_layer_filters(api: TestClient) -> None:
     )
     assert png.headers["content-type"] == "image/png"
     assert_problem(api.get(f"{URL}/filters", params={"layer": "nope"}), 422, "no Conv")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "saliency", "guided_gradcam"])
+def test_top1_chosen_in_graph_equals_explicit_target(
+    api: TestClient, cat_b64: str, method: str
+) -> None:
+    """top1 runs once (the companion graph seeds its own top class); naming that class
+    explicitly (forward first, then a one-hot seed) must give the same map."""
+    body = {
+        "images": [cat_b64, cat_b64],
+        "method": method,
+        "outputs": ["array"],
+        "render": {"normalize": "none", "reduce": "none", "size": "input"},
+    }
+    auto = api.post(f"{URL}/explain", json=body).json()["results"]
+    chosen = [r["target"]["index"] for r in auto]
+    explicit = api.post(f"{URL}/explain", json={**body, "targets": [chosen[0]]}).json()
+    assert chosen[0] in {281, 282, 285}
+    same = explicit["results"][0]["target"]
+    assert (
+        auto[0]["target"]["index"] == same["index"] and auto[0]["target"]["label"] == same["label"]
+    )
+    assert auto[0]["target"]["score"] == pytest.approx(same["score"], rel=1e-5)
+    np.testing.assert_allclose(
+        decode_array(auto[0]["array"]),
+        decode_array(explicit["results"][0]["array"]),
+        rtol=1e-5,
+        atol=1e-7,
+    )
