@@ -1,6 +1,8 @@
 """On-disk cache of companion graphs under a model version's ``derived/`` folder.
 
-Key: (model sha256, layers, ReLU rule, input gradient, score, BUILDER_VERSION). Each entry is
+Key: (model sha256, layers, ReLU rule, input gradient, score, BUILDER_VERSION,
+AUTOSEED_VERSION). Stored graphs read an all-zero seed row as "the top class"
+(autoseed.py). Each entry is
 ``companion-<key>.onnx`` plus ``companion-<key>.json`` (the spec). Both are written to a
 temporary file in the same folder and moved into place with ``os.replace``; the spec goes last,
 so an entry whose JSON exists is complete. Two processes building the same key at once both
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import onnx
 
+from .autoseed import AUTOSEED_VERSION, add_auto_seed
 from .builder import BUILDER_VERSION, CompanionSpec, build_companion
 from .context import ReluRule
 
@@ -38,6 +41,7 @@ def cache_key(
             "input_gradient": bool(input_gradient),
             "score": score,
             "builder": BUILDER_VERSION,
+            "autoseed": AUTOSEED_VERSION,
         },
         sort_keys=True,
     )
@@ -96,6 +100,7 @@ def load_or_build(
     companion, spec = build_companion(
         model, tuple(layers), rule=rule, input_gradient=input_gradient, score=score
     )
+    companion = add_auto_seed(companion, spec)  # zero seed rows = the top class
     _write_atomic(onnx_path, companion.SerializeToString())
     _write_atomic(spec_path, json.dumps(asdict(spec), indent=1).encode())
     return onnx_path, spec

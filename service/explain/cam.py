@@ -167,7 +167,7 @@ for _name in (
     "layercam",
     "eigengradcam",
 ):
-    register(_name, "cam", CAM_OPTIONS)(_gradient_cam(_name))
+    register(_name, "cam", CAM_OPTIONS, top_class=True)(_gradient_cam(_name))
 
 
 @register("eigencam", "cam", CAM_OPTIONS)

@@ -48,7 +48,7 @@ def input_gradient(
 @register("saliency", "gradient",
           {"batch_size": BATCH_SIZE,
            "abs": Option(False, boolean, "return |dS/dX| instead of the signed gradient")},
-          uses_layers=False)
+          uses_layers=False, top_class=True)
 def saliency(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
              layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
     """Saliency (Simonyan et al. 2014): dS/dX (render.reduce abs_max gives the classic map)."""
@@ -57,7 +57,8 @@ def saliency(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
                         resolution="input")
 
 
-@register("inputxgradient", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False)
+@register("inputxgradient", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False,
+          top_class=True)
 def inputxgradient(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
                    layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
     """Input x Gradient (Shrikumar et al. 2016): X * dS/dX."""
@@ -65,7 +66,8 @@ def inputxgradient(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
     return MethodOutput("gradient", [x * g], scores, resolution="input")
 
 
-@register("guided_backprop", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False)
+@register("guided_backprop", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False,
+          top_class=True)
 def guided_backprop(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
                     layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
     """Guided backpropagation (Springenberg et al. 2015): through each Relu the gradient is
@@ -75,7 +77,8 @@ def guided_backprop(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
     return MethodOutput("gradient", [g], scores, resolution="input")
 
 
-@register("deconvnet", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False)
+@register("deconvnet", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False,
+          top_class=True)
 def deconvnet(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
               layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
     """Deconvnet (Zeiler & Fergus 2014): through each Relu the gradient is relu(g) (the
@@ -88,7 +91,8 @@ def deconvnet(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
 @register("guided_gradcam", "gradient",
           {"batch_size": BATCH_SIZE,
            "interpolation": Option("bilinear", choice("bilinear", "nearest"),
-                                   "upsampling of the Grad-CAM map to the input size")})
+                                   "upsampling of the Grad-CAM map to the input size")},
+          top_class=True)
 def guided_gradcam(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
                    layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop * relu(gradcam) upsampled to

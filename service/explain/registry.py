@@ -47,6 +47,10 @@ class Method:
     options: dict[str, Option]
     doc: str
     uses_layers: bool = True
+    # honours cam.TOP_CLASS targets: every companion run sees the posted rows themselves, so
+    # the graph can seed each row's own top class (not SmoothGrad's noisy copies, not IG's
+    # path, not the forward-only perturbation methods)
+    top_class: bool = False
 
     def defaults(self) -> dict[str, Any]:
         return {k: o.default for k, o in self.options.items()}
@@ -56,13 +60,19 @@ METHODS: dict[str, Method] = {}
 
 
 def register(
-    name: str, kind: Kind, options: dict[str, Option], *, uses_layers: bool = True
+    name: str,
+    kind: Kind,
+    options: dict[str, Option],
+    *,
+    uses_layers: bool = True,
+    top_class: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
     def deco(fn: MethodFn) -> MethodFn:
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = Method(name, kind, fn, dict(options), (fn.__doc__ or "").strip(),
-                               uses_layers)
+        METHODS[name] = Method(
+            name, kind, fn, dict(options), (fn.__doc__ or "").strip(), uses_layers, top_class
+        )
         return fn
 
     return deco
@@ -90,9 +100,7 @@ def resolve_options(method: Method, options: dict[str, Any] | None) -> dict[str,
     resolved = {}
     for name, opt in method.options.items():
         value = options.get(name, opt.default)
-        resolved[name] = value if value is None and opt.default is None else opt.check(
-            name, value
-        )
+        resolved[name] = value if value is None and opt.default is None else opt.check(name, value)
     return resolved
 
 
@@ -159,9 +167,7 @@ def pair(lo: int, hi: int) -> Callable[[str, Any], tuple[int, int]]:
     return check
 
 
-def number_or_choice(
-    lo: float, hi: float, *values: str
-) -> Callable[[str, Any], float | str]:
+def number_or_choice(lo: float, hi: float, *values: str) -> Callable[[str, Any], float | str]:
     num = number(lo, hi)
 
     def check(name: str, value: Any) -> float | str:

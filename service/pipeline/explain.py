@@ -15,7 +15,7 @@ from PIL import Image
 from models_store.errors import ProblemError
 from models_store.store import ModelRecord
 from schemas.explain import ArrayOut, ExplainRequest, ExplainResult, Stats, Target
-from service.explain import run_method
+from service.explain import get_method, run_method
 from service.explain.cam import TOP_CLASS
 from service.imaging.colormaps import apply_colormap
 from service.imaging.decode import to_8bit
@@ -40,26 +40,6 @@ from service.pipeline.targets import resolve_targets
 from service.scores import class_score, probabilities
 from service.state import AppState
 
-# Methods whose every companion run sees the posted image itself, so "the top class" of the
-# graph's own score is the request's top-1 target (not the noisy or interpolated inputs of
-# SmoothGrad / integrated gradients, nor the forward-only perturbation methods).
-CHOOSES_TOP_CLASS = frozenset(
-    {
-        "gradcam",
-        "hirescam",
-        "gradcam_elementwise",
-        "gradcampp",
-        "xgradcam",
-        "layercam",
-        "eigengradcam",
-        "saliency",
-        "inputxgradient",
-        "guided_backprop",
-        "deconvnet",
-        "guided_gradcam",
-    }
-)
-
 
 @dataclass
 class Explained:
@@ -79,7 +59,7 @@ def explain(
     x, geometries = preprocess_with_geometry(images, card.input)
     runner = state.runner(record)
     layers = resolve_layers(state, record, body.layer)
-    auto = body.targets == "top1" and body.method in CHOOSES_TOP_CLASS
+    auto = body.targets == "top1" and get_method(body.method).top_class
     if auto:  # one run: the companion graph seeds each row's top class itself
         rows = [(i, TOP_CLASS) for i in range(len(images))]
     else:

@@ -35,7 +35,6 @@ import onnx
 from onnx import helper
 
 from models_store.companion import BUILDER_VERSION, CompanionSpec, forward_model, load_or_build
-from models_store.companion.autoseed import add_auto_seed
 from models_store.errors import LayerNotFound
 
 __all__ = ["Gradients", "ModelRunner"]
@@ -187,7 +186,7 @@ class ModelRunner:
         key = _key("companion", self.sha256, layers, rule, input_gradient, self.score_output)
 
         def build() -> _Graph:
-            base, spec = load_or_build(
+            path, spec = load_or_build(
                 self.derived_dir,
                 self.model_path,
                 self.sha256,
@@ -195,16 +194,6 @@ class ModelRunner:
                 rule,  # type: ignore[arg-type]
                 input_gradient,
                 self.score_output,
-            )
-            # zero seed rows = the top class, in the same run (models_store/companion/autoseed)
-            try:
-                classes = self.num_classes()
-            except ValueError:  # dynamic score width: no automatic class, zero stays zero
-                return _Graph(base, (spec.image_input, spec.seed), spec.outputs, spec)
-            path = self._derived(
-                "companion-auto",
-                _key("auto", base.name),
-                lambda: add_auto_seed(onnx.load(str(base)), spec, classes),
             )
             return _Graph(path, (spec.image_input, spec.seed), spec.outputs, spec)
 
