@@ -77,6 +77,8 @@ def session(model: onnx.ModelProto, threads: int, profile: str | None = None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle onnxruntime workers otherwise spin on the cores torch is timed on next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = profile
@@ -201,11 +203,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-onnx-ad", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # torch's best case: random-init nets produce denormals
     folder = Path(tempfile.mkdtemp(prefix="companion-bench-"))
     rows, builds, profiles = [], {}, {}
     for name in args.models:

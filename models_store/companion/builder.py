@@ -21,7 +21,7 @@ from .context import REGISTRY, GraphWriter, ReluRule, RuleContext, UnknownShape
 from .graph import SourceGraph, describe, format_path, normalise, outer_names
 
 # Bump whenever an emitted graph can change for the same inputs (invalidates the cache).
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 SEED = "seed"
 SCORE = "score"

@@ -184,6 +184,10 @@ class RuleContext:
         """Build-time value of a tensor that depends on input shapes only, at a batch size."""
         return None if self._source is None else self._source.evaluate_shape_only(name, batch)
 
+    def producer(self, name: str) -> onnx.NodeProto | None:
+        """The forward node that computes ``name`` (None for inputs and initializers)."""
+        return None if self._source is None else self._source.producer.get(name)
+
     def element_count(self, name: str, batch: int) -> int | None:
         return None if self._source is None else self._source.element_count(name, batch)
 

@@ -227,20 +227,27 @@ def test_gradients_match_torch(
 
 # Architectures with ReLUs (mobilenet_v2 uses ReLU6, efficientnet SiLU, convnext GELU: the
 # rule changes nothing there, see docs/companion.md).
-RELU_ARCHS = [
-    "resnet18",
-    "vgg11_bn",
-    "alexnet",
-    "densenet121",
-    "squeezenet1_1",
-    "mobilenet_v3_large",
+RELU_CASES = [
+    *[
+        (name, "torchscript")
+        for name in (
+            "resnet18",
+            "vgg11_bn",
+            "alexnet",
+            "densenet121",
+            "squeezenet1_1",
+            "mobilenet_v3_large",
+        )
+    ],
+    ("resnet18", "dynamo"),
+    ("squeezenet1_1", "dynamo"),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["guided", "deconvnet"])
-@pytest.mark.parametrize("name", RELU_ARCHS)
+@pytest.mark.parametrize(("name", "exporter"), RELU_CASES)
 def test_relu_rules_match_torch(
-    zoo: TorchvisionZoo, error_report: dict[str, float], name: str, rule: str
+    zoo: TorchvisionZoo, error_report: dict[str, float], name: str, exporter: str, rule: str
 ) -> None:
-    run_companion(_exported(zoo, name, "torchscript"), rule, error_report)
+    run_companion(_exported(zoo, name, exporter), rule, error_report)

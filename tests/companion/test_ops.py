@@ -689,6 +689,46 @@ SHAPE_CASES = [
         lambda t: t["x"][[0, 2, 2], [1, 1, 0]],
         {"i": np.array([[0, 1], [2, 1], [2, 0]], I64)},
     ),
+    Case(
+        "resize-bilinear-x2",
+        "Resize",
+        {"x": (2, 3, 4, 5)},
+        lambda t: F.interpolate(t["x"], scale_factor=2, mode="bilinear", align_corners=False),
+        {"scales": np.array([1, 1, 2, 2], np.float32)},
+        node_inputs=["x", "", "scales"],
+        attrs={"mode": "linear", "coordinate_transformation_mode": "half_pixel"},
+    ),
+    Case(
+        "resize-nearest-x2",
+        "Resize",
+        {"x": (2, 3, 4, 5)},
+        lambda t: F.interpolate(t["x"], scale_factor=2, mode="nearest"),
+        {"scales": np.array([1, 1, 2, 2], np.float32)},
+        node_inputs=["x", "", "scales"],
+        attrs={
+            "mode": "nearest",
+            "coordinate_transformation_mode": "asymmetric",
+            "nearest_mode": "floor",
+        },
+    ),
+    Case(
+        "resize-bilinear-sizes",
+        "Resize",
+        {"x": (1, 2, 7, 6)},
+        lambda t: F.interpolate(t["x"], size=(10, 3), mode="bilinear", align_corners=False),
+        {"sizes": np.array([1, 2, 10, 3], I64)},
+        node_inputs=["x", "", "", "sizes"],
+        attrs={"mode": "linear", "coordinate_transformation_mode": "half_pixel"},
+    ),
+    Case(
+        "resize-align-corners",
+        "Resize",
+        {"x": (1, 2, 4, 4)},
+        lambda t: F.interpolate(t["x"], size=(7, 7), mode="bilinear", align_corners=True),
+        {"sizes": np.array([1, 2, 7, 7], I64)},
+        node_inputs=["x", "", "", "sizes"],
+        attrs={"mode": "linear", "coordinate_transformation_mode": "align_corners"},
+    ),
     Case("identity", "Identity", {"x": (2, 3)}, lambda t: t["x"]),
     Case("dropout", "Dropout", {"x": (2, 3)}, lambda t: t["x"]),
 ]
@@ -710,7 +750,7 @@ def make_model(case: Case, dtype: np.dtype) -> onnx.ModelProto:
     inits = []
     for name, value in case.consts.items():
         value = np.asarray(value)
-        if value.dtype.kind == "f":
+        if value.dtype.kind == "f" and name != "scales":  # Resize scales are always float32
             value = value.astype(dtype)
         inits.append(numpy_helper.from_array(value, name))
     node_inputs = case.node_inputs or [*case.inputs, *case.consts]
@@ -848,3 +888,27 @@ def test_gather_with_indices_computed_from_the_batch_size(order: str) -> None:
     y = flat if order == "identity" else flat.flip(0)
     (ref,) = torch.autograd.grad((y * torch.from_numpy(seed)).sum(), xt)
     np.testing.assert_allclose(grad, ref.numpy(), rtol=0, atol=0)
+
+
+def test_silu_pattern_matches_torch() -> None:
+    """Mul(x, Sigmoid(x)) is differentiated as one formula; the result must not change."""
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["s"]),
+        helper.make_node("Mul", ["s", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "silu",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [2, 3, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    companion, spec = build_checked(model, input_gradient=True, score="y")
+    assert "Sum" not in {n.op_type for n in companion.graph.node}
+    rng = np.random.default_rng(3)
+    x, seed = rng.normal(size=(2, 3, 4)) * 3, rng.normal(size=(2, 3, 4))
+    _, grad = session(companion).run(None, {"x": x, spec.seed: seed})
+    xt = torch.tensor(x, requires_grad=True)
+    (ref,) = torch.autograd.grad((F.silu(xt) * torch.tensor(seed)).sum(), xt)
+    assert rel_err(grad, ref.numpy()) <= 1e-12

@@ -101,16 +101,27 @@ def transposed_conv_grad(
         return flipped_conv_grad(ctx, g, weight_value, group, geo)
     n = len(geo["in"])
     full = [(o - 1) * s + e for o, s, e in zip(geo["out"], geo["strides"], geo["eff"], strict=True)]
-    # output_padding < stride always holds here: the shortfall is at most the remainder of
-    # the forward's floor division.
-    out_pad = [max(b + h - f, 0) for b, h, f in zip(geo["begin"], geo["in"], full, strict=True)]
     attrs = {
         "strides": geo["strides"],
         "dilations": geo["dilations"],
         "group": group,
-        "pads": [0] * (2 * n),
         "kernel_shape": geo["kernel"],
     }
+    # Symmetric pads p = begin with output_padding H + 2p - full land exactly on the input
+    # window, no Slice needed (symmetric pads are fine on CUDA; asymmetric ones are not).
+    sym_pad = [h + 2 * b - f for h, b, f in zip(geo["in"], geo["begin"], full, strict=True)]
+    if all(
+        0 <= p < max(s, d)
+        for p, s, d in zip(sym_pad, geo["strides"], geo["dilations"], strict=True)
+    ):
+        attrs["pads"] = [*geo["begin"], *geo["begin"]]
+        if any(sym_pad):
+            attrs["output_padding"] = sym_pad
+        return ctx.emit("ConvTranspose", g, weight, **attrs)
+    # Otherwise pads 0 and an output_padding (< stride: the shortfall is at most the remainder
+    # of the forward's floor division), then a Slice of the input window.
+    out_pad = [max(b + h - f, 0) for b, h, f in zip(geo["begin"], geo["in"], full, strict=True)]
+    attrs["pads"] = [0] * (2 * n)
     if any(out_pad):
         attrs["output_padding"] = out_pad
     dx = ctx.emit("ConvTranspose", g, weight, **attrs)

@@ -20,10 +20,34 @@ def sub(ctx: RuleContext) -> list[str | None]:
 @vjp("Mul", broadcast=True)
 def mul(ctx: RuleContext) -> list[str | None]:
     g = ctx.grad_out(0)
+    silu = _silu(ctx)
+    if silu is not None:
+        return silu
     return [
         ctx.emit("Mul", g, ctx.x(1)) if ctx.needs(0) else None,
         ctx.emit("Mul", g, ctx.x(0)) if ctx.needs(1) else None,
     ]
+
+
+def _silu(ctx: RuleContext) -> list[str | None] | None:
+    """x * Sigmoid(x) (SiLU/Swish as exported) in one formula, s (1 + x (1 - s)), instead of
+    two gradient paths, a Sigmoid backward and a fan-out Sum: four fewer passes over the
+    activation per SiLU on efficientnet."""
+    for i in (0, 1):
+        x, s = ctx.x(i), ctx.x(1 - i)
+        producer = ctx.producer(s)
+        if (
+            producer is not None
+            and producer.op_type == "Sigmoid"
+            and producer.input[0] == x
+            and ctx.needs(i)
+        ):
+            inner = ctx.emit("Mul", x, ctx.emit("Sub", ctx.one, s))
+            slope = ctx.emit("Mul", s, ctx.emit("Add", inner, ctx.one))
+            grads: list[str | None] = [None, None]
+            grads[i] = ctx.emit("Mul", ctx.grad_out(0), slope)
+            return grads
+    return None
 
 
 @vjp("Div", broadcast=True)

@@ -254,3 +254,57 @@ def gather_nd(ctx: RuleContext) -> list[str | None]:
     g = ctx.emit("Reshape", ctx.grad_out(0), ctx.ints([flat.size, -1]))
     back = ctx.emit("MatMul", ctx.const(one_hot_t), g)
     return [ctx.reshape_like(back, x), None]
+
+
+def _axis_matrix(ctx: RuleContext, axis: int, size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) interpolation matrix of this Resize along one axis, found by
+    running the node's own attributes on the identity (Resize is separable per axis)."""
+    import onnx
+    import onnxruntime as ort
+
+    rank = ctx.rank(ctx.x(0))
+    shape_in = [1] * rank
+    shape_in[0], shape_in[axis] = size_in, size_in
+    sizes = [1] * rank
+    sizes[0], sizes[axis] = size_in, size_out
+    attrs = {k: v for k, v in ctx.attrs.items() if k not in ("axes", "keep_aspect_ratio_policy")}
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "axis",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape_in)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array(sizes, np.int64), "sizes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
+    model.ir_version = min(model.ir_version, 9)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    eye = np.eye(size_in, dtype=np.float32).reshape(shape_in)
+    out = sess.run(None, {"x": eye})[0]  # (size_in, ..., size_out, ...): column k = image of e_k
+    return np.moveaxis(out, axis, 1).reshape(size_in, size_out).T.astype(np.float64)
+
+
+@vjp("Resize")
+def resize(ctx: RuleContext) -> list[str | None]:
+    """Separable interpolation: dX = A_h^T g A_w with per-axis matrices built at build time."""
+    x = ctx.x(0)
+    shape_in, shape_out = ctx.shape(x), ctx.shape(ctx.y(0))
+    rank = len(shape_in)
+    changed = [a for a in range(rank) if shape_in[a] != shape_out[a]]
+    if any(a < rank - 2 for a in changed) or ctx.attr("coordinate_transformation_mode") == (
+        "tf_crop_and_resize"
+    ):
+        raise UnsupportedModel(
+            f"Resize {ctx.node.name!r}: only resizing of the last two axes is supported"
+        )
+    g = ctx.grad_out(0)
+    for axis in changed:
+        size_in, size_out = shape_in[axis], shape_out[axis]
+        if not isinstance(size_in, int) or not isinstance(size_out, int):
+            raise UnsupportedModel(f"Resize {ctx.node.name!r}: dynamic spatial size")
+        matrix = _axis_matrix(ctx, axis, size_in, size_out).astype(ctx.dtype())
+        if axis == rank - 1:  # (..., out) @ (out, in)
+            g = ctx.emit("MatMul", g, ctx.const(matrix))
+        else:  # (in, out) @ (..., out, W)
+            g = ctx.emit("MatMul", ctx.const(np.ascontiguousarray(matrix.T)), g)
+    return [g, None, None, None]
