@@ -197,3 +197,61 @@ def test_cache_is_safe_under_concurrent_builds(tmp_path: Path) -> None:
     path = Path(json.loads(results[0])[0])
     onnx.checker.check_model(onnx.load(str(path)))
     assert not list(derived.glob(".*"))
+
+
+def test_keras_style_nhwc_graph_matches_torch() -> None:
+    """What tf2onnx emits for a Keras classifier: NHWC input and a Transpose, preprocessing
+    arithmetic, a SAME-style stride-2 convolution as an explicit asymmetric Pad, ReduceMean
+    global pooling, MatMul + Add, and a final Softmax (the score is its input)."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    fc = rng.normal(size=(4, 6)).astype(np.float32)
+    bias = rng.normal(size=(6,)).astype(np.float32)
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    f32 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Sub", ["image", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["scaled"]),
+        helper.make_node("Transpose", ["scaled"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Pad", ["nchw", "pads"], ["padded"]),
+        helper.make_node("Conv", ["padded", "w"], ["conv"], strides=[2, 2]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("ReduceMean", ["relu", "axes"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "fc"], ["mm"]),
+        helper.make_node("Add", ["mm", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "keras",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 8, 8, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 6])],
+        initializer=[
+            f32("mean", [0.5, 0.4, 0.3]),
+            f32("std", [0.2, 0.25, 0.3]),
+            f32("w", w),
+            f32("fc", fc),
+            f32("bias", bias),
+            i64("pads", [0, 0, 0, 0, 0, 0, 1, 1]),
+            i64("axes", [2, 3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    companion, spec = build_checked(model, ["relu"], input_gradient=True)
+    x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    seed = np.eye(2, 6, dtype=np.float32)
+    outs = run(companion, spec, x, seed)
+
+    xt = torch.from_numpy(x).double().requires_grad_()
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).double(), torch.tensor([0.2, 0.25, 0.3]).double()
+    nchw = ((xt - mean) / std).permute(0, 3, 1, 2)
+    relu = F.relu(F.conv2d(F.pad(nchw, (0, 1, 0, 1)), torch.from_numpy(w).double(), stride=2))
+    logits = relu.mean((2, 3)) @ torch.from_numpy(fc).double() + torch.from_numpy(bias).double()
+    g_x, g_relu = torch.autograd.grad((logits * torch.from_numpy(seed)).sum(), [xt, relu])
+    np.testing.assert_allclose(outs["score"], logits.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for ours, ref in ((outs["input_gradient"], g_x), (outs["gradient_0"], g_relu)):
+        assert np.abs(ours - ref.numpy()).max() <= 1e-5 * np.abs(ref.numpy()).max()
