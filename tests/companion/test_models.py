@@ -8,6 +8,7 @@ are compared with a torch model whose ReLU backward is overridden.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -279,7 +280,8 @@ def test_layout_optimisation_changes_rounding_not_gradients(tmp_path: Any) -> No
     net = torchvision.models.resnet18(weights=None).eval()
     x = np.random.default_rng(0).standard_normal((2, 3, 112, 112), dtype=np.float32)
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             net,
             (torch.from_numpy(x),),
