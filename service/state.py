@@ -52,14 +52,14 @@ class AppState:
     def session(self, record: ModelRecord) -> Session:
         return self.sessions.get(record.model_path)
 
-    def batched(self, path: Path, extended_only: bool = False) -> BatchedSession:
+    def batched(self, path: Path) -> BatchedSession:
         """The session of ``path`` with its runs merged across concurrent requests."""
         relative = (
             path.relative_to(self.store.root) if path.is_relative_to(self.store.root) else path
         )
         model = relative.parts[0] if len(relative.parts) > 1 else "-"
         graph = "forward" if path.name == "model.onnx" else "derived"
-        session = self.sessions.get(path, extended_only)
+        session = self.sessions.get(path)
         return BatchedSession(session.inner, self.batcher, f"{model}:{graph}")
 
     def summary(self, record: ModelRecord) -> GraphSummary:
@@ -90,9 +90,6 @@ class AppState:
                     record.card.input.name or graph_inputs(record.model)[0].name,
                     record.card.output.name or graph_outputs(record.model)[0].name,
                     open_session=self.batched,
-                    # companion graphs: no NCHWc layout transform (wrong gradients, see
-                    # service/runtime/sessions.py)
-                    open_derived=lambda path: self.batched(path, extended_only=True),
                 )
                 self._runners[key] = runner
         return runner

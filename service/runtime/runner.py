@@ -96,19 +96,13 @@ class ModelRunner:
         image_input: str,
         score_output: str,
         open_session: Callable[[Path], SessionLike],
-        open_derived: Callable[[Path], SessionLike] | None = None,
     ) -> None:
-        """``open_derived`` (default: ``open_session``) opens the companion graphs; pass one
-        with ``ORT_ENABLE_EXTENDED``: onnxruntime 1.32's ``ORT_ENABLE_ALL`` (NCHWc layout
-        optimisation) returns wrong input gradients for resnet18's companion graph on some
-        inputs (tests/explain/test_gradient_parity.py::test_known_ort_layout_issue)."""
         self.model_path = Path(model_path)
         self.derived_dir = Path(derived_dir)
         self.sha256 = sha256
         self.image_input = image_input
         self.score_output = score_output
         self._open = open_session
-        self._open_derived = open_derived or open_session
         self._graphs: dict[str, _Graph] = {}
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
@@ -202,7 +196,7 @@ class ModelRunner:
     def _run(
         self, graph: _Graph, feeds: Sequence[np.ndarray], batch_size: int | None
     ) -> list[np.ndarray]:
-        session = (self._open_derived if graph.spec is not None else self._open)(graph.path)
+        session = self._open(graph.path)
         n = feeds[0].shape[0]
         parts: list[list[np.ndarray]] = []
         for chunk in _chunks(n, batch_size):

@@ -65,14 +65,9 @@ def provider_list(settings: Settings) -> list[str | tuple[str, dict[str, Any]]]:
     return chosen
 
 
-def open_session(path: Path, settings: Settings, extended_only: bool = False) -> Session:
-    """``extended_only``: skip onnxruntime's layout optimisations (ORT_ENABLE_ALL's NCHWc
-    transform), which return wrong input gradients on some companion graphs (onnxruntime 1.32,
-    resnet18; see tests/explain/test_gradient_parity.py)."""
+def open_session(path: Path, settings: Settings) -> Session:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if extended_only:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if settings.intra_op_threads:
         options.intra_op_num_threads = settings.intra_op_threads
     if settings.inter_op_threads:
@@ -88,12 +83,12 @@ class SessionCache:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._sessions: OrderedDict[tuple[Path, bool], Session] = OrderedDict()
+        self._sessions: OrderedDict[Path, Session] = OrderedDict()
         self._lock = threading.Lock()
-        self._opening: dict[tuple[Path, bool], threading.Lock] = {}
+        self._opening: dict[Path, threading.Lock] = {}
 
-    def get(self, path: Path, extended_only: bool = False) -> Session:
-        key = (path, extended_only)
+    def get(self, path: Path) -> Session:
+        key = path
         with self._lock:
             session = self._sessions.get(key)
             if session is not None:
@@ -104,7 +99,7 @@ class SessionCache:
             with self._lock:
                 session = self._sessions.get(key)
             if session is None:
-                session = open_session(path, self.settings, extended_only)
+                session = open_session(path, self.settings)
                 with self._lock:
                     self._sessions[key] = session
                     while len(self._sessions) > self.settings.session_cache_size:
@@ -116,7 +111,7 @@ class SessionCache:
     def evict(self, prefix: Path) -> None:
         """Forget sessions of files under ``prefix`` (a deleted model)."""
         with self._lock:
-            for key in [k for k in self._sessions if k[0].is_relative_to(prefix)]:
+            for key in [k for k in self._sessions if k.is_relative_to(prefix)]:
                 del self._sessions[key]
 
     def providers_in_use(self) -> list[str]:

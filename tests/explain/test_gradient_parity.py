@@ -24,7 +24,7 @@ from captum.attr import (
 from service.explain import run_method
 from service.explain.gradients import smoothgrad_noise
 
-from .conftest import cpu_session, open_cpu_session, torch
+from .conftest import torch
 
 # DenseNet's last ReLU is torchvision's functional F.relu, which Captum's guided/deconvnet
 # hooks (nn.ReLU modules only) do not see, while our rule applies to every Relu node; the
@@ -178,39 +178,3 @@ def test_smoothgrad_matches_captum_noise_tunnel_in_expectation(zoo: Any,
     print(f"\nsmoothgrad: share |z|>4 {beyond:.4%}, mean z^2 {chi:.3f}")
     assert beyond < 0.005
     assert 0.8 < chi < 1.25
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "onnxruntime 1.32 CPU with ORT_ENABLE_ALL (NCHWc layout optimisation) computes wrong "
-    "input gradients on the resnet18 companion graph (about 5% relative); ENABLE_EXTENDED is "
-    "exact. Sessions for companion graphs must not use ENABLE_ALL until this is resolved."))
-def test_known_ort_layout_issue(zoo: Any, zoo_dir: Any) -> None:
-    import onnxruntime as ort
-
-    z = zoo("resnet18")
-    runner = z.runner(zoo_dir / "derived-resnet18-all",
-                      cpu_session(ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
-    exact = z.runner(zoo_dir / "derived-resnet18-all", open_cpu_session)
-    x = np.random.default_rng(0).standard_normal((2, 3, 112, 112), dtype=np.float32)
-    a = run_method("saliency", runner, x, [3, 3], [], {}).maps[0]
-    b = run_method("saliency", exact, x, [3, 3], [], {}).maps[0]
-    assert rel_err(a, b) <= 1e-4
-
-
-def test_open_derived_keeps_companion_graphs_off_the_layout_optimiser(zoo: Any,
-                                                                      zoo_dir: Any) -> None:
-    """The workaround for the issue above: plain forwards may use ENABLE_ALL, companion graphs
-    open through ``open_derived`` at ENABLE_EXTENDED."""
-    import onnxruntime as ort
-
-    from service.runtime.runner import ModelRunner
-
-    z = zoo("resnet18")
-    runner = ModelRunner(z.path, zoo_dir / "derived-resnet18-split", "sha-r18", "input",
-                         "logits", cpu_session(ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
-                         open_derived=open_cpu_session)
-    x = np.random.default_rng(0).standard_normal((2, 3, 112, 112), dtype=np.float32)
-    a = run_method("saliency", runner, x, [3, 3], [], {}).maps[0]
-    b = run_method("saliency", z.runner(zoo_dir / "derived-resnet18-split"), x, [3, 3], [],
-                   {}).maps[0]
-    assert rel_err(a, b) <= 1e-6
