@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     max_images: int = Field(16, ge=1, description="Images per request.")
     max_model_bytes: int = Field(1024 * 1024 * 1024, ge=1, description="Uploaded model size.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k / number of targets.")
+    max_cam_channels: int = Field(
+        4096, ge=1, description="Score-CAM / Ablation-CAM: channels perturbed per image."
+    )
+    max_occlusion_windows: int = Field(
+        4096, ge=1, description="Occlusion: window positions per image."
+    )
+    max_smoothgrad_samples: int = Field(200, ge=1, description="SmoothGrad: noisy copies.")
+    max_ig_steps: int = Field(512, ge=2, description="Integrated gradients: path steps.")
 
     # Security.
     admin_token: str | None = Field(None, description="Bearer token for model registration.")

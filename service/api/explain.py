@@ -32,8 +32,13 @@ class NotAcceptable(ProblemError):
     response_model=ExplainResponse,
     summary="Explain a classification (heatmaps, overlays, arrays, statistics)",
     openapi_extra=openapi_body(ExplainRequest),
-    responses={200: {"content": {"image/png": {}}, "description": "JSON, or with"
-                     " Accept: image/png the overlay (or ?output=heatmap) PNG itself."}},
+    responses={
+        200: {
+            "content": {"image/png": {}},
+            "description": "JSON, or with"
+            " Accept: image/png the overlay (or ?output=heatmap) PNG itself.",
+        }
+    },
 )
 async def explain_route(
     name: str, request: Request, state: StateDep, version: VersionQuery = None
@@ -44,7 +49,15 @@ async def explain_route(
     body: ExplainRequest = parsed.body
     request.state.cnnvis_method = body.method  # the metrics' method label
     wants_png = "image/png" in request.headers.get("accept", "")
-    done = await state.admission.run(record.name, explain, state, record, body, parsed.images)
+    done = await state.admission.run(
+        record.name,
+        explain,
+        state,
+        record,
+        body,
+        parsed.images,
+        disconnected=request.is_disconnected,
+    )
     if wants_png:
         if len(done.pngs) != 1:
             raise NotAcceptable(
@@ -77,7 +90,13 @@ async def activations_route(
     record = state.store.resolve(name, version)
     parsed = await read_image_request(request, ActivationsRequest, state.settings)
     results, provider = await state.admission.run(
-        record.name, activations, state, record, parsed.body, parsed.images
+        record.name,
+        activations,
+        state,
+        record,
+        parsed.body,
+        parsed.images,
+        disconnected=request.is_disconnected,
     )
     return ActivationsResponse(
         model={"name": record.name, "version": record.version},

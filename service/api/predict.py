@@ -37,7 +37,13 @@ async def predict(
             f"top_k={body.top_k} exceeds the limit {state.settings.max_top_k} (CNNVIS_MAX_TOP_K)"
         )
     done = await state.admission.run(
-        record.name, predict_images, state, record, parsed.images, body.top_k
+        record.name,
+        predict_images,
+        state,
+        record,
+        parsed.images,
+        body.top_k,
+        disconnected=request.is_disconnected,
     )
     return PredictResponse(
         model={"name": record.name, "version": record.version},

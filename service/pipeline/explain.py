@@ -36,6 +36,7 @@ from service.imaging.render import (
     to_base64,
 )
 from service.pipeline.heatmaps import finish, fuse_cam_layers, gradient_map
+from service.pipeline.limits import check_work
 from service.pipeline.targets import resolve_targets
 from service.scores import class_score, probabilities
 from service.state import AppState
@@ -59,6 +60,14 @@ def explain(
     x, geometries = preprocess_with_geometry(images, card.input)
     runner = state.runner(record)
     layers = resolve_layers(state, record, body.layer)
+    check_work(
+        state.settings,
+        body.method,
+        body.options,
+        layers,
+        state.summary(record),
+        (card.input.height, card.input.width),
+    )
     auto = body.targets == "top1" and get_method(body.method).top_class
     if auto:  # one run: the companion graph seeds each row's top class itself
         rows = [(i, TOP_CLASS) for i in range(len(images))]

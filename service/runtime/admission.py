@@ -11,12 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from models_store.errors import ProblemError
 from service.errors import GatewayTimeout, Overloaded
 from service.metrics import Metrics
+from service.runtime.cancel import CANCEL
+
+POLL_S = 0.1  # how often a waiting request checks its client and its deadline
+
+
+class ClientGone(ProblemError):
+    """Nobody is listening any more (nginx's 499); the answer is never read."""
+
+    status = 499
+    title = "Client closed request"
+    slug = "client-closed-request"
+
 
 T = TypeVar("T")
 
@@ -40,8 +53,7 @@ class Admission:
         with self._lock:
             active = self._active.get(model, 0)
             if active >= self.max_queue:
-                if self.metrics is not None:
-                    self.metrics.shed.labels(model, "queue_full").inc()
+                self._shed(model, "queue_full")
                 raise Overloaded(
                     f"model {model!r} has {active} requests in progress, the limit"
                     f" (CNNVIS_MAX_QUEUE) is {self.max_queue}; retry shortly",
@@ -61,10 +73,23 @@ class Admission:
         if self.metrics is not None:
             self.metrics.queue_depth.labels(model).set(self._active[model])
 
-    async def run(self, model: str, fn: Callable[..., T], *args: Any) -> T:
+    async def run(
+        self,
+        model: str,
+        fn: Callable[..., T],
+        *args: Any,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> T:
+        """Run ``fn(*args)`` on the pool under the model's admission limit and the deadline.
+
+        ``disconnected`` (e.g. ``request.is_disconnected``) is polled while the work runs;
+        when it says yes, or the deadline passes, the work is told to stop at its next
+        onnxruntime run (service/runtime/cancel.py)."""
         self._enter(model)
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()  # the request id follows the work into the thread
+        cancel = threading.Event()
+        context.run(CANCEL.set, cancel)
         try:
             future = loop.run_in_executor(self.executor, context.run, fn, *args)
         except BaseException:
@@ -77,14 +102,26 @@ class Admission:
                 f.exception()  # retrieved: a late failure after a 504 is not logged as lost
 
         future.add_done_callback(finished)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
-        except TimeoutError:
-            if self.metrics is not None:
-                self.metrics.shed.labels(model, "deadline").inc()
-            raise GatewayTimeout(
-                f"the request took longer than {self.timeout_s:g} s (CNNVIS_REQUEST_TIMEOUT_S)"
-            ) from None
+        deadline = loop.time() + self.timeout_s
+        while True:
+            remaining = deadline - loop.time()
+            done, _ = await asyncio.wait({future}, timeout=min(POLL_S, max(remaining, 0)))
+            if done:
+                return future.result()
+            if loop.time() >= deadline:
+                cancel.set()
+                self._shed(model, "deadline")
+                raise GatewayTimeout(
+                    f"the request took longer than {self.timeout_s:g} s (CNNVIS_REQUEST_TIMEOUT_S)"
+                )
+            if disconnected is not None and await disconnected():
+                cancel.set()
+                self._shed(model, "disconnected")
+                raise ClientGone("the client disconnected; its work was stopped")
+
+    def _shed(self, model: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.shed.labels(model, reason).inc()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -36,6 +36,7 @@ from onnx import helper
 
 from models_store.companion import BUILDER_VERSION, CompanionSpec, forward_model, load_or_build
 from models_store.errors import LayerNotFound
+from service.runtime.cancel import raise_if_cancelled
 
 __all__ = ["Gradients", "ModelRunner"]
 
@@ -200,6 +201,7 @@ class ModelRunner:
         n = feeds[0].shape[0]
         parts: list[list[np.ndarray]] = []
         for chunk in _chunks(n, batch_size):
+            raise_if_cancelled()  # an abandoned request stops here, between runs
             named = {
                 name: np.ascontiguousarray(f[chunk])
                 for name, f in zip(graph.inputs, feeds, strict=True)

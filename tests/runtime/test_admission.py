@@ -50,3 +50,52 @@ def test_deadline_is_504_and_the_slot_is_held_until_the_work_ends() -> None:
 
     asyncio.run(scenario())
     admission.close()
+
+
+def _stoppable(started: threading.Event, stopped: list[str]) -> None:
+    """Model work made of many runs: checks for cancellation between them."""
+    from service.runtime.cancel import Cancelled, raise_if_cancelled
+
+    started.set()
+    try:
+        for _ in range(200):
+            raise_if_cancelled()
+            time.sleep(0.01)
+    except Cancelled:
+        stopped.append("cancelled")
+        raise
+    stopped.append("finished")
+
+
+def test_a_disconnected_client_stops_its_work() -> None:
+    from service.runtime.admission import ClientGone
+
+    admission = Admission(max_queue=1, timeout_s=10, threads=2)
+    started, stopped = threading.Event(), []
+
+    async def scenario() -> None:
+        async def gone() -> bool:
+            return started.is_set()
+
+        with pytest.raises(ClientGone):
+            await admission.run("m", _stoppable, started, stopped, disconnected=gone)
+        await asyncio.sleep(0.2)
+        assert stopped == ["cancelled"]  # well before its 2 s of work
+        assert admission.depth("m") == 0
+
+    asyncio.run(scenario())
+    admission.close()
+
+
+def test_the_deadline_also_stops_the_work() -> None:
+    admission = Admission(max_queue=1, timeout_s=0.2, threads=2)
+    started, stopped = threading.Event(), []
+
+    async def scenario() -> None:
+        with pytest.raises(GatewayTimeout):
+            await admission.run("m", _stoppable, started, stopped)
+        await asyncio.sleep(0.2)
+        assert stopped == ["cancelled"]
+
+    asyncio.run(scenario())
+    admission.close()
