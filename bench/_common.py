@@ -62,13 +62,16 @@ class Server:
 
     def __init__(self, store: Path, **settings: object) -> None:
         self.port = free_port()
-        env = {**os.environ, "CNNVIS_LOG_LEVEL": "warning"}
+        env = {**os.environ, "CNNVIS_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
         env.update({f"CNNVIS_{k.upper()}": str(v) for k, v in settings.items()})
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "--store", str(store), "serve",
-             "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        # the server's log goes to a file: a pipe nobody reads would stall it when full
+        self.log = Path(store).parent / f"server-{self.port}.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "--store", str(store), "serve",
+                 "--port", str(self.port)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
         self.url = f"http://127.0.0.1:{self.port}"
         self._wait()
 
@@ -78,7 +81,7 @@ class Server:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode()[-2000:])  # type: ignore[union-attr]
+                raise RuntimeError(self.log.read_text()[-2000:])
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return

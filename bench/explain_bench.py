@@ -61,8 +61,9 @@ def main() -> None:
         "resnet18": (resnet18, torchvision_card("resnet18")),
     })
     png = cat_png(224)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     x = preprocess([Image.open(io.BytesIO(png))], torchvision_card("resnet50").input)  # type: ignore[attr-defined]
 
@@ -91,7 +92,7 @@ def main() -> None:
                 r = client.post("/v1/models/resnet50/explain",
                                 params={"method": method, "options": json.dumps(options)},
                                 files={"image": ("cat.png", png, "image/png")})
-                assert r.status_code == 200, r.text[:300]
+                assert r.status_code == 200, (r.text[:300], server.log.read_text()[-3000:])
 
             rows.append((method, p50(time_it(call, repeat, warmup=1))))
 

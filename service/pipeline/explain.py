@@ -41,6 +41,8 @@ from service.pipeline.targets import resolve_targets
 from service.scores import class_score, probabilities
 from service.state import AppState
 
+MAX_EXTRA_VALUES = 64  # per result; larger method intermediates are not sent
+
 
 @dataclass
 class Explained:
@@ -189,18 +191,33 @@ def _render_row(
             if render.size == "feature":
                 box = scale_box(box, input_hw, m.shape)
         result.stats = Stats(**map_stats(m, box))
-    extras = output.extras  # type: ignore[attr-defined]
-    if extras:
-        result.extras = {k: _row_value(v, r) for k, v in extras.items()}
+    result.extras = _row_extras(output.extras, r, len(output.scores))  # type: ignore[attr-defined]
     wants_heatmap = body.output == "heatmap"
     return result, heat_png if wants_heatmap else overlay_png
 
 
-def _row_value(value: object, r: int) -> object:
-    if isinstance(value, np.ndarray) and value.ndim >= 1:
-        return value[r].tolist()
-    if isinstance(value, list) and len(value) > r:
-        return value[r]
+def _row_extras(extras: dict[str, object], r: int, rows: int) -> dict[str, object] | None:
+    """Row ``r``'s share of a method's extras, as JSON values; large arrays (a method's
+    intermediate maps or per-channel weights) stay out of the response."""
+    out = {}
+    for key, value in extras.items():
+        item = _row_value(value, r, rows)
+        if item is not None:
+            out[key] = item
+    return out or None
+
+
+def _row_value(value: object, r: int, rows: int) -> object:
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, np.ndarray) for v in value
+    ):  # one array per layer
+        items = [_row_value(v, r, rows) for v in value]
+        return None if any(i is None for i in items) else items
+    if isinstance(value, np.ndarray):
+        item = value[r] if value.ndim >= 1 and value.shape[0] == rows else value
+        return item.tolist() if item.size <= MAX_EXTRA_VALUES else None
+    if isinstance(value, np.generic):
+        return value.item()
     return value
 
 
