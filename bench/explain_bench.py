@@ -28,11 +28,25 @@ from _common import (
 )
 
 METHODS = {  # method -> options keeping the slow ones bounded but honest
-    "gradcam": {}, "hirescam": {}, "gradcam_elementwise": {}, "gradcampp": {}, "xgradcam": {},
-    "layercam": {}, "eigencam": {}, "eigengradcam": {}, "cam": {}, "saliency": {},
-    "inputxgradient": {}, "guided_backprop": {}, "deconvnet": {}, "guided_gradcam": {},
-    "smoothgrad": {"samples": 25}, "integrated_gradients": {"steps": 50},
-    "occlusion": {"window": 32, "stride": 16}, "scorecam": {}, "ablationcam": {},
+    "gradcam": {},
+    "hirescam": {},
+    "gradcam_elementwise": {},
+    "gradcampp": {},
+    "xgradcam": {},
+    "layercam": {},
+    "eigencam": {},
+    "eigengradcam": {},
+    "cam": {},
+    "saliency": {},
+    "inputxgradient": {},
+    "guided_backprop": {},
+    "deconvnet": {},
+    "guided_gradcam": {},
+    "smoothgrad": {"samples": 25},
+    "integrated_gradients": {"steps": 50},
+    "occlusion": {"window": 32, "stride": 16},
+    "scorecam": {},
+    "ablationcam": {},
 }
 SLOW = {"scorecam", "ablationcam", "occlusion", "smoothgrad", "integrated_gradients"}
 
@@ -56,10 +70,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cnnvis-bench-"))
     resnet50 = export_torchvision("resnet50")
     resnet18 = export_torchvision("resnet18")
-    store = make_store(work / "store", {
-        "resnet50": (resnet50, torchvision_card("resnet50")),
-        "resnet18": (resnet18, torchvision_card("resnet18")),
-    })
+    store = make_store(
+        work / "store",
+        {
+            "resnet50": (resnet50, torchvision_card("resnet50")),
+            "resnet18": (resnet18, torchvision_card("resnet18")),
+        },
+    )
     png = cat_png(224)
     import io
 
@@ -75,9 +92,12 @@ def main() -> None:
     target = int(np.argmax(session.run(None, {"input": x})[0]))
     with GradCAM(model=net, target_layers=[net.layer4[-1]]) as cam:
         tensor = torch.from_numpy(x)
-        ref_gradcam = p50(time_it(
-            lambda: cam(input_tensor=tensor, targets=[ClassifierOutputTarget(target)]),
-            args.repeat))
+        ref_gradcam = p50(
+            time_it(
+                lambda: cam(input_tensor=tensor, targets=[ClassifierOutputTarget(target)]),
+                args.repeat,
+            )
+        )
 
     rows = []
     server = Server(store, max_batch_size=1)
@@ -89,9 +109,11 @@ def main() -> None:
             repeat = 2 if method in SLOW else args.repeat
 
             def call(method: str = method, options: dict = options) -> None:
-                r = client.post("/v1/models/resnet50/explain",
-                                params={"method": method, "options": json.dumps(options)},
-                                files={"image": ("cat.png", png, "image/png")})
+                r = client.post(
+                    "/v1/models/resnet50/explain",
+                    params={"method": method, "options": json.dumps(options)},
+                    files={"image": ("cat.png", png, "image/png")},
+                )
                 assert r.status_code == 200, (r.text[:300], server.log.read_text()[-3000:])
 
             rows.append((method, p50(time_it(call, repeat, warmup=1))))
@@ -103,15 +125,26 @@ def main() -> None:
         net18 = torchvision.models.resnet18(weights=None).eval()
         with ScoreCAM(model=net18, target_layers=[net18.layer4[-1]]) as scorecam:
             scorecam.batch_size = 32
-            ref_score = p50(time_it(
-                lambda: scorecam(input_tensor=torch.from_numpy(x),
-                                 targets=[ClassifierOutputTarget(target18)]), 2, warmup=1))
+            ref_score = p50(
+                time_it(
+                    lambda: scorecam(
+                        input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(target18)]
+                    ),
+                    2,
+                    warmup=1,
+                )
+            )
 
         def ours_score() -> None:
-            r = client.post("/v1/models/resnet18/explain",
-                            params={"method": "scorecam", "targets": json.dumps([target18]),
-                                    "options": json.dumps({"batch_size": 32})},
-                            files={"image": ("cat.png", png, "image/png")})
+            r = client.post(
+                "/v1/models/resnet18/explain",
+                params={
+                    "method": "scorecam",
+                    "targets": json.dumps([target18]),
+                    "options": json.dumps({"batch_size": 32}),
+                },
+                files={"image": ("cat.png", png, "image/png")},
+            )
             assert r.status_code == 200, r.text[:300]
 
         ours_scorecam = p50(time_it(ours_score, 2, warmup=1))
@@ -124,10 +157,14 @@ def main() -> None:
     for method, ms in rows:
         print(f"| {method} | {ms:.1f} | {ms / forward:.2f}x |")
     gradcam = dict(rows)["gradcam"]
-    print(f"\npytorch-grad-cam GradCAM in-process (torch eager, 2 threads): p50 {ref_gradcam:.1f} ms;"
-          f" cnnvis gradcam over HTTP is {ref_gradcam / gradcam:.2f}x faster")
-    print(f"Score-CAM, resnet18, batch 32: pytorch-grad-cam {ref_score:.0f} ms, cnnvis over HTTP"
-          f" {ours_scorecam:.0f} ms (ratio {ours_scorecam / ref_score:.2f})")
+    print(
+        f"\npytorch-grad-cam GradCAM in-process (torch eager, 2 threads): p50 {ref_gradcam:.1f} ms;"
+        f" cnnvis gradcam over HTTP is {ref_gradcam / gradcam:.2f}x faster"
+    )
+    print(
+        f"Score-CAM, resnet18, batch 32: pytorch-grad-cam {ref_score:.0f} ms, cnnvis over HTTP"
+        f" {ours_scorecam:.0f} ms (ratio {ours_scorecam / ref_score:.2f})"
+    )
 
 
 if __name__ == "__main__":

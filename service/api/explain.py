@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from models_store.errors import ProblemError
 from schemas.activations import ActivationsRequest, ActivationsResponse, FiltersResponse
-from schemas.explain import ExplainRequest, ExplainResponse
+from schemas.explain import ExplainRequest, ExplainResponse, TopK
 from service.api.body import openapi_body, read_image_request
 from service.api.deps import ApiDep, StateDep
 from service.imaging.render import to_base64
@@ -25,6 +25,18 @@ class NotAcceptable(ProblemError):
     status = 406
     title = "Not acceptable"
     slug = "not-acceptable"
+
+
+def expected_results(body: ExplainRequest, images: int) -> int:
+    """How many results a request asks for: images x targets per image."""
+    targets = body.targets
+    if targets == "top1":
+        return images
+    if isinstance(targets, TopK):
+        return images * targets.top_k
+    if targets and all(isinstance(t, list) for t in targets):
+        return sum(len(t) for t in targets)  # type: ignore[arg-type]
+    return images * len(targets)
 
 
 @router.post(
@@ -48,7 +60,12 @@ async def explain_route(
     parsed = await read_image_request(request, ExplainRequest, state.settings)
     body: ExplainRequest = parsed.body
     request.state.cnnvis_method = body.method  # the metrics' method label
-    wants_png = "image/png" in request.headers.get("accept", "")
+    png = (body.output or "overlay") if "image/png" in request.headers.get("accept", "") else None
+    if png and (results := expected_results(body, len(parsed.images))) > 1:
+        raise NotAcceptable(
+            f"Accept: image/png returns one PNG, but this request has {results} results;"
+            " post one image with one target, or ask for JSON"
+        )
     done = await state.admission.run(
         record.name,
         explain,
@@ -56,14 +73,10 @@ async def explain_route(
         record,
         body,
         parsed.images,
+        png,
         disconnected=request.is_disconnected,
     )
-    if wants_png:
-        if len(done.pngs) != 1:
-            raise NotAcceptable(
-                f"Accept: image/png returns one PNG, but this request has {len(done.pngs)}"
-                " results; post one image with one target, or ask for JSON"
-            )
+    if png:
         return Response(done.pngs[0], media_type="image/png")
     timings = {"decode": round(parsed.decode_ms, 3), **done.timings_ms}
     timings["total"] = round((time.perf_counter() - started) * 1000, 3)

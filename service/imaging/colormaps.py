@@ -112,9 +112,12 @@ def apply_colormap(map01: np.ndarray, name: str = "jet") -> np.ndarray:
     Values are clipped to [0, 1] and quantised by rounding (``floor(255 x + 0.5)``); NaN
     takes the colour of 0.
     """
-    table = colormap_table(name)
+    return colormap_table(name)[colormap_index(map01)]
+
+
+def colormap_index(map01: np.ndarray) -> np.ndarray:
+    """The table row of each pixel (HxW uint8): what :func:`apply_colormap` looks up."""
     m = np.asarray(map01, dtype=np.float64)
     if m.ndim != 2:
         raise ValueError(f"apply_colormap expects an HxW map, got shape {m.shape}")
-    index = np.floor(np.clip(np.nan_to_num(m, nan=0.0), 0.0, 1.0) * 255.0 + 0.5)
-    return table[index.astype(np.intp)]
+    return np.floor(np.clip(np.nan_to_num(m, nan=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -29,6 +30,7 @@ from service.imaging.preprocess import (
 )
 from service.imaging.render import (
     encode_array,
+    encode_colormapped_png,
     encode_png,
     map_stats,
     overlay,
@@ -41,6 +43,7 @@ from service.pipeline.targets import resolve_targets
 from service.scores import class_score, probabilities
 from service.state import AppState
 
+PngChoice = Literal["overlay", "heatmap"]
 MAX_EXTRA_VALUES = 64  # per result; larger method intermediates are not sent
 
 
@@ -49,13 +52,18 @@ class Explained:
     layers: list[str]
     provider: str
     results: list[ExplainResult]
-    pngs: list[bytes]  # the PNG an `Accept: image/png` client gets, one per result
+    pngs: list[bytes | None]  # with png=...: the PNG an `Accept: image/png` client gets
     timings_ms: dict[str, float]
 
 
 def explain(
-    state: AppState, record: ModelRecord, body: ExplainRequest, images: list[Image.Image]
+    state: AppState,
+    record: ModelRecord,
+    body: ExplainRequest,
+    images: list[Image.Image],
+    png: PngChoice | None = None,
 ) -> Explained:
+    """``png``: render only that PNG per result (for ``Accept: image/png``), nothing else."""
     card = record.card
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -93,11 +101,11 @@ def explain(
     clock = time.perf_counter()
     results, pngs = [], []
     for r, (i, target) in enumerate(rows):
-        result, png = _render_row(body, output, r, images[i], geometries[i], layers)
+        result, image_png = _render_row(body, output, r, images[i], geometries[i], png)
         cs = class_score(target, scores[i], probs[i], card)
         result.image, result.target = i, Target(**vars(cs))
         results.append(result)
-        pngs.append(png)
+        pngs.append(image_png)
     timings["render"] = _lap(clock)
     return Explained(layers, runner.provider, results, pngs, timings)
 
@@ -127,8 +135,8 @@ def _render_row(
     r: int,
     image: Image.Image,
     geometry: Geometry,
-    layers: list[str],
-) -> tuple[ExplainResult, bytes]:
+    png: PngChoice | None,
+) -> tuple[ExplainResult, bytes | None]:
     render = body.render
     # CAM-like methods (the CAM family, Score-CAM, ablation) give (rows, h, w) per layer;
     # attribution methods give (rows, C, H, W) at the input
@@ -165,24 +173,26 @@ def _render_row(
         original = to_8bit(image, "RGB")
 
     result = ExplainResult(image=0, target=Target(index=0, label=None, score=0, probability=0))
-    heat = apply_colormap(np.clip(m, 0, 1), render.colormap)
-    if render.size == "feature":
-        heat_big = resize_map(heat.astype(np.float32), input_hw, "nearest").astype(np.uint8)
-    else:
-        heat_big = heat
-    backdrop = np.asarray(
-        original if original is not None else input_window(to_8bit(image, "RGB"), geometry)
-    )
-    blended = overlay(backdrop, heat_big, render.alpha)
-    heat_png = encode_png(heat)
-    overlay_png = encode_png(blended)
-    if "heatmap" in body.outputs:
+    # only what was asked for: PNG encoding is most of the rendering time
+    wanted = {png} if png else set(body.outputs)
+    heat_png = overlay_png = None
+    if "heatmap" in wanted:
+        heat_png = encode_colormapped_png(np.clip(m, 0, 1), render.colormap)
         result.heatmap = to_base64(heat_png)
-    if "overlay" in body.outputs:
+    if "overlay" in wanted:
+        heat = apply_colormap(np.clip(m, 0, 1), render.colormap)
+        if render.size == "feature":  # blocks of the layer's cells over the input image
+            heat = resize_map(heat.astype(np.float32), input_hw, "nearest").astype(np.uint8)
+        backdrop = np.asarray(
+            original if original is not None else input_window(to_8bit(image, "RGB"), geometry)
+        )
+        overlay_png = encode_png(overlay(backdrop, heat, render.alpha))
         result.overlay = to_base64(overlay_png)
-    if "array" in body.outputs:
+    if png:
+        return result, heat_png if png == "heatmap" else overlay_png
+    if "array" in wanted:
         result.array = ArrayOut(**encode_array(raw if raw is not None else m))
-    if "stats" in body.outputs:
+    if "stats" in wanted:
         box = None
         if body.roi is not None:
             box = (
@@ -192,8 +202,7 @@ def _render_row(
                 box = scale_box(box, input_hw, m.shape)
         result.stats = Stats(**map_stats(m, box))
     result.extras = _row_extras(output.extras, r, len(output.scores))  # type: ignore[attr-defined]
-    wants_heatmap = body.output == "heatmap"
-    return result, heat_png if wants_heatmap else overlay_png
+    return result, None
 
 
 def _row_extras(extras: dict[str, object], r: int, rows: int) -> dict[str, object] | None:
@@ -208,8 +217,8 @@ def _row_extras(extras: dict[str, object], r: int, rows: int) -> dict[str, objec
 
 
 def _row_value(value: object, r: int, rows: int) -> object:
-    if isinstance(value, (list, tuple)) and value and all(
-        isinstance(v, np.ndarray) for v in value
+    if (
+        isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value)
     ):  # one array per layer
         items = [_row_value(v, r, rows) for v in value]
         return None if any(i is None for i in items) else items

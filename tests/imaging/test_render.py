@@ -202,3 +202,19 @@ def test_stats_without_positive_attribution():
     stats = map_stats(-np.ones((3, 3)), roi_box=[0, 0, 1, 1])
     assert stats == {"peak": [0, 0], "center_of_mass": None, "entropy": None, "roi_fraction": None}
     assert map_stats(np.ones((2, 2)))["roi_fraction"] is None
+
+
+def test_colormapped_png_has_the_pixels_of_the_rgb_rendering() -> None:
+    import io
+
+    from PIL import Image
+
+    from service.imaging.colormaps import apply_colormap
+    from service.imaging.render import encode_colormapped_png
+
+    m = np.random.default_rng(5).random((37, 53))
+    m[0, 0], m[0, 1] = 0.0, 1.0
+    for name in ("jet", "viridis", "gray", "turbo"):
+        decoded = Image.open(io.BytesIO(encode_colormapped_png(m, name)))
+        assert decoded.mode == "P"
+        np.testing.assert_array_equal(np.asarray(decoded.convert("RGB")), apply_colormap(m, name))
