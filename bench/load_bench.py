@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--overload", type=int, default=200)
+    parser.add_argument("--batch-sizes", default="1,4,8,16",
+                        help="CNNVIS_MAX_BATCH_SIZE values to compare; 1 = batching off")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cnnvis-load-"))
@@ -80,7 +82,9 @@ def main() -> None:
     print("| batching | throughput (req/s) | p50 (ms) | p99 (ms) | statuses |")
     print("|---|---:|---:|---:|---|")
     throughput = {}
-    for label, batch in (("off (max_batch_size=1)", 1), ("on (max_batch_size=16)", 16)):
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    for batch in sizes:
+        label = "off (max_batch_size=1)" if batch == 1 else f"on (max_batch_size={batch})"
         server = Server(store, max_batch_size=batch, max_queue=64)
         try:
             asyncio.run(storm(server.url, png, 8, 4))  # warm up: sessions, companion graph
@@ -91,9 +95,11 @@ def main() -> None:
         throughput[batch] = statuses[200] / elapsed
         print(f"| {label} | {throughput[batch]:.2f} | {percentile(lat, 50):.0f} |"
               f" {percentile(lat, 99):.0f} | {dict(statuses)} |")
-    print(f"\nbatching speed-up: {throughput[16] / throughput[1]:.2f}x")
+    for batch in sizes[1:]:
+        print(f"batching speed-up at max_batch_size={batch}:"
+              f" {throughput[batch] / throughput[sizes[0]]:.2f}x")
 
-    server = Server(store, max_batch_size=16, max_queue=32)
+    server = Server(store, max_batch_size=max(sizes), max_queue=32)
     try:
         asyncio.run(storm(server.url, png, 8, 4))
         time.sleep(1)
