@@ -170,7 +170,7 @@ for _name in (
     register(_name, "cam", CAM_OPTIONS, top_class=True)(_gradient_cam(_name))
 
 
-@register("eigencam", "cam", CAM_OPTIONS)
+@register("eigencam", "cam", CAM_OPTIONS, top_class=True)  # targets are not used
 def eigencam(
     runner: ModelRunner,
     x: np.ndarray,
@@ -271,7 +271,7 @@ def classifier_weights(model: onnx.ModelProto, layer: str, score: str) -> np.nda
     return np.asarray(w, dtype=np.float64)
 
 
-@register("cam", "cam", CAM_OPTIONS)
+@register("cam", "cam", CAM_OPTIONS, top_class=True)
 def cam(
     runner: ModelRunner,
     x: np.ndarray,
@@ -284,6 +284,7 @@ def cam(
     weights = [classifier_weights(runner.model, layer, runner.score_output) for layer in layers]
     scores, acts = runner.forward(x, extra=layers, batch_size=options["batch_size"])
     idx = np.asarray(targets, dtype=np.intp)
+    idx = np.where(idx == TOP_CLASS, scores.argmax(axis=1), idx)  # the same run's top class
     maps = []
     for w, a in zip(weights, acts, strict=False):
         if w.shape[1] != a.shape[1]:

@@ -47,9 +47,9 @@ class Method:
     options: dict[str, Option]
     doc: str
     uses_layers: bool = True
-    # honours cam.TOP_CLASS targets: every companion run sees the posted rows themselves, so
-    # the graph can seed each row's own top class (not SmoothGrad's noisy copies, not IG's
-    # path, not the forward-only perturbation methods)
+    # honours cam.TOP_CLASS targets: every run sees the posted rows themselves, so the
+    # companion graph seeds each row's own top class, or the method reads it from the same
+    # forward (not SmoothGrad's noisy copies, not IG's path, not the perturbation methods)
     top_class: bool = False
 
     def defaults(self) -> dict[str, Any]:

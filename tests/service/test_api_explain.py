@@ -222,7 +222,9 @@ def test_first_layer_filters(api: TestClient) -> None:
     assert_problem(api.get(f"{URL}/filters", params={"layer": "nope"}), 422, "no Conv")
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "saliency", "guided_gradcam"])
+@pytest.mark.parametrize(
+    "method", ["gradcam", "gradcampp", "saliency", "guided_gradcam", "cam", "eigencam"]
+)
 def test_top1_chosen_in_graph_equals_explicit_target(
     api: TestClient, cat_b64: str, method: str
 ) -> None:
