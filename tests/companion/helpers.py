@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+import torch
 
 from models_store.companion import CompanionSpec, build_companion
 
@@ -65,3 +66,30 @@ def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     """max|ours - ref| / max|ref| (the issue's criterion)."""
     scale = float(np.abs(ref).max())
     return float(np.abs(ours - ref).max()) / (scale if scale > 0 else 1.0)
+
+
+class GuidedRelu(torch.autograd.Function):
+    """ReLU whose backward is guided backprop's rule: g * (y > 0) * (g > 0)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = x.clamp(min=0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return g * (y > 0) * (g > 0)
+
+
+class DeconvRelu(torch.autograd.Function):
+    """ReLU whose backward is the deconvnet's rule: relu(g)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return g.clamp(min=0)

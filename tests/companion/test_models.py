@@ -28,40 +28,17 @@ from tests.fixtures.torchvision_models import (
     images,
 )
 
-from .helpers import build_checked, rel_err, session
+from .helpers import DeconvRelu, GuidedRelu, build_checked, rel_err, session
 
 TOLERANCE = 1e-4
 CLASSES = (3, 7)  # one class per batch row
-
-
-class _GuidedRelu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        y = x.clamp(min=0)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return g * (y > 0) * (g > 0)
-
-
-class _DeconvRelu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return g.clamp(min=0)
 
 
 @contextlib.contextmanager
 def patched_relu(rule: str, aligned: Iterator[np.ndarray]) -> Iterator[None]:
     """Route every torch ReLU (nn.ReLU and F.relu both call torch.nn.functional.relu) through
     the requested backward rule, with its input aligned to onnxruntime's value."""
-    fn = {"standard": None, "guided": _GuidedRelu, "deconvnet": _DeconvRelu}[rule]
+    fn = {"standard": None, "guided": GuidedRelu, "deconvnet": DeconvRelu}[rule]
     original = F.relu
 
     def relu(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:

@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from models_store.companion import BuildOptions
 
-from .helpers import build_checked, rel_err, session
+from .helpers import DeconvRelu, GuidedRelu, build_checked, rel_err, session
 
 Tensors = dict[str, torch.Tensor]
 
@@ -365,29 +365,6 @@ NORM_CASES = [
 ]
 
 
-class _Guided(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        y = x.clamp(min=0)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return g * (y > 0) * (g > 0)
-
-
-class _Deconv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return g.clamp(min=0)
-
-
 X4 = {"x": (2, 3, 4, 5)}
 ACTIVATION_CASES = [
     Case("relu", "Relu", X4, lambda t: F.relu(t["x"]), data=away((0,))),
@@ -395,7 +372,7 @@ ACTIVATION_CASES = [
         "relu-guided",
         "Relu",
         X4,
-        lambda t: _Guided.apply(t["x"]),
+        lambda t: GuidedRelu.apply(t["x"]),
         data=away((0,)),
         rule="guided",
         fd=False,
@@ -404,7 +381,7 @@ ACTIVATION_CASES = [
         "relu-deconvnet",
         "Relu",
         X4,
-        lambda t: _Deconv.apply(t["x"]),
+        lambda t: DeconvRelu.apply(t["x"]),
         data=away((0,)),
         rule="deconvnet",
         fd=False,
