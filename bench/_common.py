@@ -28,9 +28,14 @@ def export_torchvision(name: str, size: int = 224, seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(
-            model, (torch.zeros(1, 3, size, size),), buffer, input_names=["input"],
-            output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-            opset_version=17, dynamo=False,
+            model,
+            (torch.zeros(1, 3, size, size),),
+            buffer,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            opset_version=17,
+            dynamo=False,
         )
     return buffer.getvalue()
 
@@ -68,9 +73,20 @@ class Server:
         self.log = Path(store).parent / f"server-{self.port}.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "--store", str(store), "serve",
-                 "--port", str(self.port)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "service.cli",
+                    "--store",
+                    str(store),
+                    "serve",
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.url = f"http://127.0.0.1:{self.port}"
         self._wait()

@@ -43,7 +43,8 @@ async def storm(url: str, png: bytes, requests: int, concurrency: int, timeout: 
                 started = time.perf_counter()
                 try:
                     r = await client.post(
-                        "/v1/models/resnet50/explain", params={"method": "gradcam"},
+                        "/v1/models/resnet50/explain",
+                        params={"method": "gradcam"},
                         files={"image": ("cat.png", png, "image/png")},
                     )
                     statuses[r.status_code] += 1
@@ -69,13 +70,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--overload", type=int, default=200)
-    parser.add_argument("--batch-sizes", default="1,4,8,16",
-                        help="CNNVIS_MAX_BATCH_SIZE values to compare; 1 = batching off")
+    parser.add_argument(
+        "--batch-sizes",
+        default="1,4,8,16",
+        help="CNNVIS_MAX_BATCH_SIZE values to compare; 1 = batching off",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cnnvis-load-"))
-    store = make_store(work / "store", {
-        "resnet50": (export_torchvision("resnet50"), torchvision_card("resnet50"))})
+    store = make_store(
+        work / "store", {"resnet50": (export_torchvision("resnet50"), torchvision_card("resnet50"))}
+    )
     png = cat_png(224)
 
     print(f"gradcam, resnet50, {args.requests} requests at concurrency {args.concurrency}\n")
@@ -89,15 +94,20 @@ def main() -> None:
         try:
             asyncio.run(storm(server.url, png, 8, 4))  # warm up: sessions, companion graph
             statuses, lat, elapsed = asyncio.run(
-                storm(server.url, png, args.requests, args.concurrency))
+                storm(server.url, png, args.requests, args.concurrency)
+            )
         finally:
             server.stop()
         throughput[batch] = statuses[200] / elapsed
-        print(f"| {label} | {throughput[batch]:.2f} | {percentile(lat, 50):.0f} |"
-              f" {percentile(lat, 99):.0f} | {dict(statuses)} |")
+        print(
+            f"| {label} | {throughput[batch]:.2f} | {percentile(lat, 50):.0f} |"
+            f" {percentile(lat, 99):.0f} | {dict(statuses)} |"
+        )
     for batch in sizes[1:]:
-        print(f"batching speed-up at max_batch_size={batch}:"
-              f" {throughput[batch] / throughput[sizes[0]]:.2f}x")
+        print(
+            f"batching speed-up at max_batch_size={batch}:"
+            f" {throughput[batch] / throughput[sizes[0]]:.2f}x"
+        )
 
     server = Server(store, max_batch_size=max(sizes), max_queue=32)
     try:
@@ -109,18 +119,23 @@ def main() -> None:
         sampler = threading.Thread(target=sample_rss, args=(server, stop, peak))
         sampler.start()
         statuses, lat, elapsed = asyncio.run(
-            storm(server.url, png, args.overload * 2, args.overload))
+            storm(server.url, png, args.overload * 2, args.overload)
+        )
         stop.set()
         sampler.join()
         time.sleep(2)
         end_rss = server.rss_mib()
     finally:
         server.stop()
-    print(f"\noverload: {args.overload * 2} requests at concurrency {args.overload},"
-          f" CNNVIS_MAX_QUEUE=32, {elapsed:.1f} s")
+    print(
+        f"\noverload: {args.overload * 2} requests at concurrency {args.overload},"
+        f" CNNVIS_MAX_QUEUE=32, {elapsed:.1f} s"
+    )
     print(f"statuses: {dict(statuses)}; p99 of 200s: {percentile(lat, 99):.0f} ms")
-    print(f"server RSS: start {start_rss:.0f} MiB, peak {peak[0]:.0f} MiB, end {end_rss:.0f} MiB"
-          f" ({(end_rss / start_rss - 1) * 100:+.1f}%)")
+    print(
+        f"server RSS: start {start_rss:.0f} MiB, peak {peak[0]:.0f} MiB, end {end_rss:.0f} MiB"
+        f" ({(end_rss / start_rss - 1) * 100:+.1f}%)"
+    )
     bad = {k: v for k, v in statuses.items() if k not in (200, 503)}
     print("only 200 and 503:", "yes" if not bad else f"NO: {bad}")
 

@@ -27,8 +27,7 @@ from pathlib import Path
 
 from _common import ROOT, Server, cat_png, make_store, percentile
 
-KINDS = ["predict", "gradcam", "scorecam", "activations", "bad_image", "bad_model",
-         "bad_option"]
+KINDS = ["predict", "gradcam", "scorecam", "activations", "bad_image", "bad_model", "bad_option"]
 WEIGHTS = [30, 30, 5, 10, 10, 5, 10]
 
 
@@ -39,8 +38,11 @@ def request_for(kind: str, png: str) -> tuple[str, dict]:
     if kind == "gradcam":
         return f"{base}/explain", {"images": [png], "method": "gradcam"}
     if kind == "scorecam":
-        return f"{base}/explain", {"images": [png], "method": "scorecam",
-                                   "options": {"max_channels": 64}}
+        return f"{base}/explain", {
+            "images": [png],
+            "method": "scorecam",
+            "options": {"max_channels": 64},
+        }
     if kind == "activations":
         return f"{base}/activations", {"images": [png], "channels": {"top_k": 8}}
     if kind == "bad_image":
@@ -81,18 +83,36 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--fuzz", type=int, default=0)
-    parser.add_argument("--warmup", type=float, default=30,
-                        help="seconds of the same traffic before memory is first read")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=30,
+        help="seconds of the same traffic before memory is first read",
+    )
     args = parser.parse_args()
 
     if args.fuzz:
         env = {**os.environ, "CNNVIS_FUZZ_EXAMPLES": str(args.fuzz)}
         started = time.perf_counter()
-        fuzz = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "tests/reliability/test_fuzz.py"], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
-        print(f"schemathesis, {args.fuzz} examples per operation:"
-              f" {fuzz.stdout.strip().splitlines()[-1]} ({time.perf_counter() - started:.0f} s)")
+        fuzz = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests/reliability/test_fuzz.py",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        print(
+            f"schemathesis, {args.fuzz} examples per operation:"
+            f" {fuzz.stdout.strip().splitlines()[-1]} ({time.perf_counter() - started:.0f} s)"
+        )
 
     from service.zoo import efficientnet_lite0
 
@@ -126,20 +146,26 @@ def main() -> None:
         server.stop()
 
     total = sum(statuses.values())
-    print(f"soak: {args.seconds:.0f} s at concurrency {args.concurrency}: {total} requests,"
-          f" server alive after: {alive}\n")
+    print(
+        f"soak: {args.seconds:.0f} s at concurrency {args.concurrency}: {total} requests,"
+        f" server alive after: {alive}\n"
+    )
     print("| kind | requests | statuses | p50 (ms) | p99 (ms) |")
     print("|---|---:|---|---:|---:|")
     for kind in KINDS:
         counts = {s: n for (k, s), n in statuses.items() if k == kind}
         lat = latencies.get(kind, [])
-        print(f"| {kind} | {sum(counts.values())} | {json.dumps(counts)} |"
-              f" {percentile(lat, 50):.0f} | {percentile(lat, 99):.0f} |")
+        print(
+            f"| {kind} | {sum(counts.values())} | {json.dumps(counts)} |"
+            f" {percentile(lat, 50):.0f} | {percentile(lat, 99):.0f} |"
+        )
     five = sum(n for (_, s), n in statuses.items() if isinstance(s, int) and s >= 500)
     print(f"\n5xx: {five}")
-    print(f"server RSS: {cold_rss:.0f} MiB cold; after {args.warmup:.0f} s of warm-up:"
-          f" start {start_rss:.0f} MiB, peak {peak[0]:.0f} MiB, end {end_rss:.0f} MiB"
-          f" ({(end_rss / start_rss - 1) * 100:+.1f}% end vs start)")
+    print(
+        f"server RSS: {cold_rss:.0f} MiB cold; after {args.warmup:.0f} s of warm-up:"
+        f" start {start_rss:.0f} MiB, peak {peak[0]:.0f} MiB, end {end_rss:.0f} MiB"
+        f" ({(end_rss / start_rss - 1) * 100:+.1f}% end vs start)"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,11 @@ from onnx.reference import ReferenceEvaluator
 
 # Ops whose value is not a function of their inputs.
 _NOT_FOLDABLE = {
-    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
     "Bernoulli",
 }
 

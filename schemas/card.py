@@ -48,8 +48,10 @@ class InputSpec(BaseModel):
                 )
         if any(s == 0 for s in self.std):
             raise ValueError("input.std must not contain 0")
-        if self.resize == "center_crop" and self.resize_shorter is not None and (
-            self.resize_shorter < min(self.height, self.width)
+        if (
+            self.resize == "center_crop"
+            and self.resize_shorter is not None
+            and (self.resize_shorter < min(self.height, self.width))
         ):
             raise ValueError(
                 "input.resize_shorter must be at least the crop size (min of height, width)"

@@ -9,9 +9,24 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.images import ImagesField
 
 Method = Literal[
-    "cam", "gradcam", "hirescam", "gradcam_elementwise", "gradcampp", "xgradcam", "layercam",
-    "eigencam", "eigengradcam", "scorecam", "ablationcam", "saliency", "inputxgradient",
-    "guided_backprop", "deconvnet", "guided_gradcam", "smoothgrad", "integrated_gradients",
+    "cam",
+    "gradcam",
+    "hirescam",
+    "gradcam_elementwise",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "eigencam",
+    "eigengradcam",
+    "scorecam",
+    "ablationcam",
+    "saliency",
+    "inputxgradient",
+    "guided_backprop",
+    "deconvnet",
+    "guided_gradcam",
+    "smoothgrad",
+    "integrated_gradients",
     "occlusion",
 ]
 Output = Literal["heatmap", "overlay", "array", "stats"]
@@ -31,14 +46,16 @@ class Render(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     size: Literal["input", "original", "feature"] = Field(
-        "input", description="input: the model's input size; original: the posted image's;"
-        " feature: the layer's resolution (CAM family only)."
+        "input",
+        description="input: the model's input size; original: the posted image's;"
+        " feature: the layer's resolution (CAM family only).",
     )
     normalize: Literal["minmax", "percentile", "none"] = "minmax"
     relu: bool = Field(True, description="CAM family: ReLU before normalising.")
     reduce: Literal["auto", "abs_max", "sum", "none"] = Field(
-        "auto", description="Gradient maps over channels. none = raw (C,H,W) w.r.t. the"
-        " preprocessed input (array output only)."
+        "auto",
+        description="Gradient maps over channels. none = raw (C,H,W) w.r.t. the"
+        " preprocessed input (array output only).",
     )
     interpolation: Literal["bilinear", "nearest"] = "bilinear"
     colormap: Colormap = "jet"
@@ -105,9 +122,7 @@ class Stats(BaseModel):
     center_of_mass: list[float] | None = Field(
         None, description="[y, x] of the positive part; null when nothing is positive."
     )
-    entropy: float | None = Field(
-        None, description="Bits; 0 = one hot pixel, log2(h*w) = uniform."
-    )
+    entropy: float | None = Field(None, description="Bits; 0 = one hot pixel, log2(h*w) = uniform.")
     roi_fraction: float | None = Field(
         None, description="Share of positive attribution inside roi.box."
     )

@@ -45,7 +45,7 @@ class LayerInfo(BaseModel):
 
 class LayerList(BaseModel):
     layers: list[LayerInfo]
-    default: str | None = Field(..., description="The layer `layer: \"auto\"` chooses.")
+    default: str | None = Field(..., description='The layer `layer: "auto"` chooses.')
 
 
 class Deleted(BaseModel):

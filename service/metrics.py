@@ -49,38 +49,69 @@ class Metrics:
 
         # HTTP, filled by the middleware
         self.requests = Counter(
-            "cnnvis_requests", "HTTP requests answered, by route template, model, explanation"
-            " method and status.", REQUEST_LABELS, registry=r)
+            "cnnvis_requests",
+            "HTTP requests answered, by route template, model, explanation method and status.",
+            REQUEST_LABELS,
+            registry=r,
+        )
         self.request_seconds = Histogram(
-            "cnnvis_request_duration_seconds", "Time from the first byte of a request to the"
-            " last byte of its response.", REQUEST_LABELS, buckets=LATENCY_BUCKETS, registry=r)
+            "cnnvis_request_duration_seconds",
+            "Time from the first byte of a request to the last byte of its response.",
+            REQUEST_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge(
-            "cnnvis_requests_in_flight", "HTTP requests being served now.", registry=r)
+            "cnnvis_requests_in_flight", "HTTP requests being served now.", registry=r
+        )
 
         # onnxruntime and companion graphs, observed by the runtime
         self.ort_run_seconds = Histogram(
-            "cnnvis_onnxruntime_run_seconds", "Time inside one onnxruntime InferenceSession.run"
-            " (graph: forward | companion).", ("model", "graph"), buckets=LATENCY_BUCKETS,
-            registry=r)
+            "cnnvis_onnxruntime_run_seconds",
+            "Time inside one onnxruntime InferenceSession.run (graph: forward | companion).",
+            ("model", "graph"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.companion_builds = Counter(
-            "cnnvis_companion_builds", "Companion graphs derived (outcome: built | cached |"
-            " error).", ("model", "outcome"), registry=r)
+            "cnnvis_companion_builds",
+            "Companion graphs derived (outcome: built | cached | error).",
+            ("model", "outcome"),
+            registry=r,
+        )
         self.companion_build_seconds = Histogram(
-            "cnnvis_companion_build_seconds", "Time to derive one companion graph.", ("model",),
-            buckets=LATENCY_BUCKETS, registry=r)
+            "cnnvis_companion_build_seconds",
+            "Time to derive one companion graph.",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
         # dynamic batching and backpressure, observed by the batcher
         self.batch_size = Histogram(
-            "cnnvis_batch_size", "Rows in one merged onnxruntime run.", ("model",),
-            buckets=BATCH_BUCKETS, registry=r)
+            "cnnvis_batch_size",
+            "Rows in one merged onnxruntime run.",
+            ("model",),
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_seconds = Histogram(
-            "cnnvis_queue_duration_seconds", "Time a request waited in a model's queue before"
-            " its run started.", ("model",), buckets=LATENCY_BUCKETS, registry=r)
+            "cnnvis_queue_duration_seconds",
+            "Time a request waited in a model's queue before its run started.",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
-            "cnnvis_queue_depth", "Requests waiting in a model's queue.", ("model",), registry=r)
+            "cnnvis_queue_depth", "Requests waiting in a model's queue.", ("model",), registry=r
+        )
         self.shed = Counter(
-            "cnnvis_requests_shed", "Requests refused or dropped without a full run (reason:"
-            " queue_full | deadline | disconnected).", ("model", "reason"), registry=r)
+            "cnnvis_requests_shed",
+            "Requests refused or dropped without a full run (reason:"
+            " queue_full | deadline | disconnected).",
+            ("model", "reason"),
+            registry=r,
+        )
 
     def bounded(self, label: str, value: str | None) -> str:
         """``value`` as a label value, or ``other`` once ``label`` has seen too many values."""

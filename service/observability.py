@@ -153,26 +153,45 @@ class Observability:
         model = m.bounded("model", str(name).partition("@")[0]) if name and known else NONE
         method = m.bounded("cnnvis_method", explain_method(scope)) if known else NONE
         labels: dict[str, Any] = {
-            "route": route, "http_method": scope["method"], "model": model,
-            "cnnvis_method": method, "status": str(status),
+            "route": route,
+            "http_method": scope["method"],
+            "model": model,
+            "cnnvis_method": method,
+            "status": str(status),
         }
         m.requests.labels(**labels).inc()
         m.request_seconds.labels(**labels).observe(seconds)
         access_log.info(
-            "%s %s %d", scope["method"], scope["path"], status,
-            extra={"method": scope["method"], "path": scope["path"], "status": status,
-                   "duration_ms": round(seconds * 1000, 3)},
+            "%s %s %d",
+            scope["method"],
+            scope["path"],
+            status,
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+            },
         )
 
 
 async def _internal_error(send: Send) -> None:
-    body = json.dumps({
-        "type": "about:blank", "title": "Internal server error", "status": 500,
-        "detail": "an unexpected error occurred; see the server log",
-    }).encode()
-    await send({
-        "type": "http.response.start", "status": 500,
-        "headers": [(b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode())],
-    })
+    body = json.dumps(
+        {
+            "type": "about:blank",
+            "title": "Internal server error",
+            "status": 500,
+            "detail": "an unexpected error occurred; see the server log",
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

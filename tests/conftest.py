@@ -29,8 +29,9 @@ def tiny_classifier(
         numpy_helper.from_array(rng.normal(size=(classes,)).astype(np.float32), "fc.b"),
     ]
     nodes = [
-        helper.make_node("Conv", ["input", "conv.w", "conv.b"], ["conv"], pads=[1, 1, 1, 1],
-                         name="conv"),
+        helper.make_node(
+            "Conv", ["input", "conv.w", "conv.b"], ["conv"], pads=[1, 1, 1, 1], name="conv"
+        ),
         helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
         helper.make_node("GlobalAveragePool", ["relu"], ["gap"], name="gap"),
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),

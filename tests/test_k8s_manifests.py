@@ -115,8 +115,9 @@ def test_every_file_parses_and_kustomize_lists_them() -> None:
     assert listed == {p.name for p in files} - {"kustomization.yaml"}
 
 
-def test_deployment(docs: dict[str, dict[str, Any]], served_paths: set[str],
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deployment(
+    docs: dict[str, dict[str, Any]], served_paths: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     deployment = docs["Deployment"]
     assert deployment["apiVersion"] == "apps/v1"
     pod = deployment["spec"]["template"]
@@ -170,14 +171,18 @@ def test_service_and_hpa(docs: dict[str, dict[str, Any]]) -> None:
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"], target["name"]) == (
-        "apps/v1", "Deployment", deployment["metadata"]["name"])
+        "apps/v1",
+        "Deployment",
+        deployment["metadata"]["name"],
+    )
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     (metric,) = hpa["spec"]["metrics"]
     assert metric["resource"]["name"] == "cpu"
 
 
-def test_kserve(docs: dict[str, dict[str, Any]], served_paths: set[str],
-                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kserve(
+    docs: dict[str, dict[str, Any]], served_paths: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     runtime, isvc = docs["ServingRuntime"], docs["InferenceService"]
     model = isvc["spec"]["predictor"]["model"]
     assert model["runtime"] == runtime["metadata"]["name"]
@@ -210,8 +215,9 @@ def cnnvis_lines(docs: dict[str, dict[str, Any]]) -> list[list[str]]:
     return argvs
 
 
-def test_the_commands_parse_and_the_build_runs(docs: dict[str, dict[str, Any]], tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_commands_parse_and_the_build_runs(
+    docs: dict[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = tmp_path / "store"
     ModelStore(store).add(tiny_classifier(), tiny_card())
     served: list[dict[str, Any]] = []
@@ -229,8 +235,9 @@ def test_the_commands_parse_and_the_build_runs(docs: dict[str, dict[str, Any]], 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kustomize_renders() -> None:
     """`kubectl kustomize` runs offline: the overlay renders, labels and image applied."""
-    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     rendered = [d for d in yaml.safe_load_all(out) if d]
     kinds = sorted(d["kind"] for d in rendered)
     assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Service"]

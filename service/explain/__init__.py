@@ -21,8 +21,15 @@ from . import perturbation as _perturbation  # noqa: F401
 from .cam import fuse_maps
 from .registry import METHODS, Method, MethodOutput, get_method, resolve_options
 
-__all__ = ["METHODS", "Method", "MethodOutput", "fuse_maps", "get_method", "method_defaults",
-           "run_method"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodOutput",
+    "fuse_maps",
+    "get_method",
+    "method_defaults",
+    "run_method",
+]
 
 
 def method_defaults(method: str) -> dict[str, Any]:

@@ -25,8 +25,7 @@ from .registry import (
     register,
 )
 
-IG_RULES = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle",
-            "gausslegendre")
+IG_RULES = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre")
 
 
 def input_gradient(
@@ -45,56 +44,97 @@ def input_gradient(
     return res.input_gradient, res.score
 
 
-@register("saliency", "gradient",
-          {"batch_size": BATCH_SIZE,
-           "abs": Option(False, boolean, "return |dS/dX| instead of the signed gradient")},
-          uses_layers=False, top_class=True)
-def saliency(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
-             layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
+@register(
+    "saliency",
+    "gradient",
+    {
+        "batch_size": BATCH_SIZE,
+        "abs": Option(False, boolean, "return |dS/dX| instead of the signed gradient"),
+    },
+    uses_layers=False,
+    top_class=True,
+)
+def saliency(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
     """Saliency (Simonyan et al. 2014): dS/dX (render.reduce abs_max gives the classic map)."""
     g, scores = input_gradient(runner, x, targets, batch_size=options["batch_size"])
-    return MethodOutput("gradient", [np.abs(g) if options["abs"] else g], scores,
-                        resolution="input")
+    return MethodOutput(
+        "gradient", [np.abs(g) if options["abs"] else g], scores, resolution="input"
+    )
 
 
-@register("inputxgradient", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False,
-          top_class=True)
-def inputxgradient(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
-                   layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
+@register(
+    "inputxgradient", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False, top_class=True
+)
+def inputxgradient(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
     """Input x Gradient (Shrikumar et al. 2016): X * dS/dX."""
     g, scores = input_gradient(runner, x, targets, batch_size=options["batch_size"])
     return MethodOutput("gradient", [x * g], scores, resolution="input")
 
 
-@register("guided_backprop", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False,
-          top_class=True)
-def guided_backprop(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
-                    layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
+@register(
+    "guided_backprop", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False, top_class=True
+)
+def guided_backprop(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
     """Guided backpropagation (Springenberg et al. 2015): through each Relu the gradient is
     g * (y > 0) * (g > 0); every other op keeps its true derivative."""
-    g, scores = input_gradient(runner, x, targets, rule="guided",
-                               batch_size=options["batch_size"])
+    g, scores = input_gradient(runner, x, targets, rule="guided", batch_size=options["batch_size"])
     return MethodOutput("gradient", [g], scores, resolution="input")
 
 
-@register("deconvnet", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False,
-          top_class=True)
-def deconvnet(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
-              layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
+@register("deconvnet", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False, top_class=True)
+def deconvnet(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
     """Deconvnet (Zeiler & Fergus 2014): through each Relu the gradient is relu(g) (the
     forward mask is ignored); max pools route to their argmax (the "switches")."""
-    g, scores = input_gradient(runner, x, targets, rule="deconvnet",
-                               batch_size=options["batch_size"])
+    g, scores = input_gradient(
+        runner, x, targets, rule="deconvnet", batch_size=options["batch_size"]
+    )
     return MethodOutput("gradient", [g], scores, resolution="input")
 
 
-@register("guided_gradcam", "gradient",
-          {"batch_size": BATCH_SIZE,
-           "interpolation": Option("bilinear", choice("bilinear", "nearest"),
-                                   "upsampling of the Grad-CAM map to the input size")},
-          top_class=True)
-def guided_gradcam(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
-                   layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
+@register(
+    "guided_gradcam",
+    "gradient",
+    {
+        "batch_size": BATCH_SIZE,
+        "interpolation": Option(
+            "bilinear",
+            choice("bilinear", "nearest"),
+            "upsampling of the Grad-CAM map to the input size",
+        ),
+    },
+    top_class=True,
+)
+def guided_gradcam(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop * relu(gradcam) upsampled to
     the input size; several layers: the mean of their upsampled relu(gradcam) maps."""
     classes = runner.num_classes(x)
@@ -102,36 +142,56 @@ def guided_gradcam(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
     res = runner.gradients(x, seed, layers, batch_size=options["batch_size"])
     size = (x.shape[2], x.shape[3])
     cams = [
-        upsample(np.maximum(CAM_FUNCTIONS["gradcam"](a.astype(np.float64),
-                                                     g.astype(np.float64)), 0.0),
-                 size, options["interpolation"])
+        upsample(
+            np.maximum(CAM_FUNCTIONS["gradcam"](a.astype(np.float64), g.astype(np.float64)), 0.0),
+            size,
+            options["interpolation"],
+        )
         for a, g in zip(res.activations, res.gradients, strict=False)
     ]
     weight = np.mean(cams, axis=0)
-    guided, _ = input_gradient(runner, x, targets, rule="guided",
-                               batch_size=options["batch_size"], classes=classes)
-    return MethodOutput("gradient", [(guided * weight[:, None]).astype(np.float32)], res.score,
-                        {"gradcam": weight}, resolution="input")
+    guided, _ = input_gradient(
+        runner, x, targets, rule="guided", batch_size=options["batch_size"], classes=classes
+    )
+    return MethodOutput(
+        "gradient",
+        [(guided * weight[:, None]).astype(np.float32)],
+        res.score,
+        {"gradcam": weight},
+        resolution="input",
+    )
 
 
-def smoothgrad_noise(x_row: np.ndarray, samples: int, noise: float,
-                     rng: np.random.Generator) -> np.ndarray:
+def smoothgrad_noise(
+    x_row: np.ndarray, samples: int, noise: float, rng: np.random.Generator
+) -> np.ndarray:
     """The noise added to one row: N(0, sigma^2), sigma = noise * (max(x) - min(x)), drawn as
     ``rng.standard_normal((samples, *x_row.shape), dtype=float32) * sigma``."""
     sigma = np.float32(noise * (float(x_row.max()) - float(x_row.min())))
     return rng.standard_normal((samples, *x_row.shape), dtype=np.float32) * sigma
 
 
-@register("smoothgrad", "gradient",
-          {"batch_size": BATCH_SIZE,
-           "samples": Option(25, integer(1, 1000), "noisy copies per row"),
-           "noise": Option(0.15, number(0.0, 10.0),
-                           "sigma as a fraction of the row's value range (max - min)"),
-           "squared": Option(False, boolean, "average squared gradients (SmoothGrad-Squared)"),
-           "seed": Option(0, integer(0, 2**32 - 1), "random seed of the noise")},
-          uses_layers=False)
-def smoothgrad(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
-               layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
+@register(
+    "smoothgrad",
+    "gradient",
+    {
+        "batch_size": BATCH_SIZE,
+        "samples": Option(25, integer(1, 1000), "noisy copies per row"),
+        "noise": Option(
+            0.15, number(0.0, 10.0), "sigma as a fraction of the row's value range (max - min)"
+        ),
+        "squared": Option(False, boolean, "average squared gradients (SmoothGrad-Squared)"),
+        "seed": Option(0, integer(0, 2**32 - 1), "random seed of the noise"),
+    },
+    uses_layers=False,
+)
+def smoothgrad(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
     """SmoothGrad (Smilkov et al. 2017): mean over ``samples`` noisy copies X + N(0, sigma^2)
     of dS/dX. Rows are processed in order with one ``numpy.random.default_rng(seed)``."""
     n = options["samples"]
@@ -140,8 +200,9 @@ def smoothgrad(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
     out = np.empty_like(x, dtype=np.float32)
     for r in range(x.shape[0]):
         noisy = x[r][None] + smoothgrad_noise(x[r], n, options["noise"], rng)
-        g, _ = input_gradient(runner, noisy, [targets[r]] * n,
-                              batch_size=options["batch_size"], classes=classes)
+        g, _ = input_gradient(
+            runner, noisy, [targets[r]] * n, batch_size=options["batch_size"], classes=classes
+        )
         out[r] = (g.astype(np.float64) ** 2 if options["squared"] else g).mean(axis=0)
     scores, _ = runner.forward(x, batch_size=options["batch_size"])
     return MethodOutput("gradient", [out], scores, resolution="input")
@@ -183,19 +244,34 @@ def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
-@register("integrated_gradients", "gradient",
-          {"batch_size": BATCH_SIZE,
-           "steps": Option(50, integer(2, 1000), "points on the path from baseline to input"),
-           "method": Option("riemann_trapezoid", choice(*IG_RULES),
-                            "quadrature rule (Captum's names)"),
-           "baseline": Option("black", number_or_choice(-1e6, 1e6, "black", "blur"),
-                              "'black' = zeros in model space, 'blur' = the input blurred, "
-                              "or a constant in model space"),
-           "blur_sigma": Option(10.0, number(0.0, 1000.0, open_lo=True),
-                                "Gaussian sigma in pixels for baseline 'blur'")},
-          uses_layers=False)
-def integrated_gradients(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
-                         layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
+@register(
+    "integrated_gradients",
+    "gradient",
+    {
+        "batch_size": BATCH_SIZE,
+        "steps": Option(50, integer(2, 1000), "points on the path from baseline to input"),
+        "method": Option(
+            "riemann_trapezoid", choice(*IG_RULES), "quadrature rule (Captum's names)"
+        ),
+        "baseline": Option(
+            "black",
+            number_or_choice(-1e6, 1e6, "black", "blur"),
+            "'black' = zeros in model space, 'blur' = the input blurred, "
+            "or a constant in model space",
+        ),
+        "blur_sigma": Option(
+            10.0, number(0.0, 1000.0, open_lo=True), "Gaussian sigma in pixels for baseline 'blur'"
+        ),
+    },
+    uses_layers=False,
+)
+def integrated_gradients(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
     """Integrated Gradients (Sundararajan et al. 2017): (X - X') * sum_i s_i dS/dX at
     X' + a_i (X - X'). extras.completeness_gap = sum(attr) - (S(X) - S(X')) per row."""
     steps = options["steps"]
@@ -212,9 +288,14 @@ def integrated_gradients(runner: ModelRunner, x: np.ndarray, targets: Sequence[i
     attr = np.empty_like(x, dtype=np.float32)
     for r in range(x.shape[0]):
         delta = (x[r] - base[r])[None]
-        path = (base[r][None] + alphas[:, None, None, None].astype(np.float32) * delta)
-        g, _ = input_gradient(runner, path.astype(np.float32), [targets[r]] * steps,
-                              batch_size=options["batch_size"], classes=classes)
+        path = base[r][None] + alphas[:, None, None, None].astype(np.float32) * delta
+        g, _ = input_gradient(
+            runner,
+            path.astype(np.float32),
+            [targets[r]] * steps,
+            batch_size=options["batch_size"],
+            classes=classes,
+        )
         total = np.tensordot(sizes, g.astype(np.float64), axes=(0, 0))
         attr[r] = (delta[0] * total).astype(np.float32)
     scores, _ = runner.forward(x, batch_size=options["batch_size"])
@@ -222,7 +303,10 @@ def integrated_gradients(runner: ModelRunner, x: np.ndarray, targets: Sequence[i
     rows = np.arange(x.shape[0])
     expected = scores[rows, idx].astype(np.float64) - base_scores[rows, idx]
     gap = attr.reshape(len(rows), -1).sum(axis=1, dtype=np.float64) - expected
-    return MethodOutput("gradient", [attr], scores,
-                        {"completeness_gap": gap.tolist(),
-                         "baseline_score": base_scores[rows, idx].tolist()},
-                        resolution="input")
+    return MethodOutput(
+        "gradient",
+        [attr],
+        scores,
+        {"completeness_gap": gap.tolist(), "baseline_score": base_scores[rows, idx].tolist()},
+        resolution="input",
+    )

@@ -49,15 +49,31 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(i, min(i + size, n))
 
 
-@register("scorecam", "perturbation",
-          {"batch_size": PERTURBATION_BATCH,
-           "fusion": FUSION,
-           "score": Option("logit", choice("logit", "logit_minus_baseline", "probability"),
-                           "what is scored for each masked input (see docs/methods.md)"),
-           "max_channels": Option(None, integer(1, 1_000_000),
-                                  "perturb only the channels with the largest mean activation")})
-def scorecam(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
-             layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
+@register(
+    "scorecam",
+    "perturbation",
+    {
+        "batch_size": PERTURBATION_BATCH,
+        "fusion": FUSION,
+        "score": Option(
+            "logit",
+            choice("logit", "logit_minus_baseline", "probability"),
+            "what is scored for each masked input (see docs/methods.md)",
+        ),
+        "max_channels": Option(
+            None,
+            integer(1, 1_000_000),
+            "perturb only the channels with the largest mean activation",
+        ),
+    },
+)
+def scorecam(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
     """Score-CAM (Wang et al. 2020): each A_k upsampled to the input (bilinear, aligned
     corners), min-maxed to [0, 1] into M_k; S_k = score(X * M_k); w = softmax_k(S_k) for
     ``score: logit`` (pytorch-grad-cam); softmax_k of class probabilities for
@@ -96,13 +112,24 @@ def scorecam(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
     return MethodOutput("perturbation", maps, scores)
 
 
-@register("ablationcam", "perturbation",
-          {"batch_size": PERTURBATION_BATCH,
-           "fusion": FUSION,
-           "max_channels": Option(None, integer(1, 1_000_000),
-                                  "ablate only the channels with the largest mean activation")})
-def ablationcam(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
-                layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
+@register(
+    "ablationcam",
+    "perturbation",
+    {
+        "batch_size": PERTURBATION_BATCH,
+        "fusion": FUSION,
+        "max_channels": Option(
+            None, integer(1, 1_000_000), "ablate only the channels with the largest mean activation"
+        ),
+    },
+)
+def ablationcam(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
     """Ablation-CAM (Desai & Ramaswamy 2020): w_k = (S - S_without_k) / S, channel k set to
     zero at the layer. Only the head (layer -> score) is re-run when the graph can be cut at
     the layer; otherwise the full forward with the layer multiplied by a channel mask."""
@@ -134,23 +161,30 @@ def ablationcam(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
     return MethodOutput("perturbation", maps, scores)
 
 
-@register("occlusion", "perturbation",
-          {"batch_size": PERTURBATION_BATCH,
-           "window": Option(16, pair(1, 4096), "occluding window, pixels: int or [h, w]"),
-           "stride": Option(8, pair(1, 4096), "window step, pixels: int or [h, w]"),
-           "baseline": Option(0.0, number(-1e6, 1e6),
-                              "value written into the window, in model space")},
-          uses_layers=False)
-def occlusion(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
-              layers: Sequence[str], options: dict[str, Any]) -> MethodOutput:
+@register(
+    "occlusion",
+    "perturbation",
+    {
+        "batch_size": PERTURBATION_BATCH,
+        "window": Option(16, pair(1, 4096), "occluding window, pixels: int or [h, w]"),
+        "stride": Option(8, pair(1, 4096), "window step, pixels: int or [h, w]"),
+        "baseline": Option(0.0, number(-1e6, 1e6), "value written into the window, in model space"),
+    },
+    uses_layers=False,
+)
+def occlusion(
+    runner: ModelRunner,
+    x: np.ndarray,
+    targets: Sequence[int],
+    layers: Sequence[str],
+    options: dict[str, Any],
+) -> MethodOutput:
     """Occlusion (Zeiler & Fergus 2014): S(X) - S(X with the window, across all channels,
     set to ``baseline``), averaged over the windows covering each pixel (0 where none)."""
     (wh, ww), (sh, sw) = options["window"], options["stride"]
     _, _, h, w = x.shape
     if wh > h or ww > w:
-        raise ProblemError(
-            f"options.window {[wh, ww]} must fit in the input ({h}x{w} pixels)"
-        )
+        raise ProblemError(f"options.window {[wh, ww]} must fit in the input ({h}x{w} pixels)")
     bs = options["batch_size"]
     scores, _ = runner.forward(x, batch_size=bs)
     tops = range(0, h - wh + 1, sh)
@@ -158,7 +192,7 @@ def occlusion(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
     positions = [(t, lf) for t in tops for lf in lefts]
     count = np.zeros((h, w), dtype=np.float64)
     for t, lf in positions:
-        count[t:t + wh, lf:lf + ww] += 1.0
+        count[t : t + wh, lf : lf + ww] += 1.0
     out = np.zeros((x.shape[0], 1, h, w), dtype=np.float64)
     for r in range(x.shape[0]):
         c = targets[r]
@@ -167,10 +201,15 @@ def occlusion(runner: ModelRunner, x: np.ndarray, targets: Sequence[int],
             chunk = positions[sl]
             batch = np.repeat(x[r][None], len(chunk), axis=0)
             for i, (t, lf) in enumerate(chunk):
-                batch[i, :, t:t + wh, lf:lf + ww] = options["baseline"]
+                batch[i, :, t : t + wh, lf : lf + ww] = options["baseline"]
             drops = float(scores[r, c]) - runner.forward(batch)[0][:, c].astype(np.float64)
             for d, (t, lf) in zip(drops, chunk, strict=False):
-                total[t:t + wh, lf:lf + ww] += d
+                total[t : t + wh, lf : lf + ww] += d
         out[r, 0] = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    return MethodOutput("perturbation", [out.astype(np.float32)], scores,
-                        {"windows": len(positions)}, resolution="input")
+    return MethodOutput(
+        "perturbation",
+        [out.astype(np.float32)],
+        scores,
+        {"windows": len(positions)},
+        resolution="input",
+    )

@@ -74,21 +74,26 @@ class Zoo:
     def runner(self, derived: Path, open_session: Callable[[Path], Any] = open_cpu_session) -> Any:
         from service.runtime.runner import ModelRunner
 
-        return ModelRunner(self.path, derived, f"sha-{self.name}", "input", "logits",
-                           open_session)
+        return ModelRunner(self.path, derived, f"sha-{self.name}", "input", "logits", open_session)
 
 
 # (constructor, torch module whose output is the CAM layer, ONNX tensor name)
 ARCHS: dict[str, tuple[str, Callable[[Any], Any], str]] = {
     "resnet18": ("resnet18", lambda n: n.layer4, "/layer4/layer4.1/relu_1/Relu_output_0"),
-    "mobilenet_v2": ("mobilenet_v2", lambda n: n.features,
-                     "/features/features.18/features.18.2/Clip_output_0"),
+    "mobilenet_v2": (
+        "mobilenet_v2",
+        lambda n: n.features,
+        "/features/features.18/features.18.2/Clip_output_0",
+    ),
     # torchvision's DenseNet applies F.relu(features, inplace=True) after `features`, which
     # rewrites the activation pytorch-grad-cam stored from its hook; the same network
     # rebuilt as features + ReLU module + pool + classifier has a hookable post-ReLU tensor.
     "densenet121": ("densenet121", lambda n: n[0], "/0/relu_final/Relu_output_0"),
-    "squeezenet1_1": ("squeezenet1_1", lambda n: n.features,
-                      "/features/features.12/Concat_output_0"),
+    "squeezenet1_1": (
+        "squeezenet1_1",
+        lambda n: n.features,
+        "/features/features.12/Concat_output_0",
+    ),
 }
 
 
@@ -105,15 +110,21 @@ def build_zoo(name: str, root: Path) -> Zoo:
     if name == "densenet121":
         net.features.add_module("relu_final", torch.nn.ReLU())
         nn = torch.nn
-        net = nn.Sequential(net.features, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(1),
-                            net.classifier).eval()
+        net = nn.Sequential(
+            net.features, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(1), net.classifier
+        ).eval()
     _no_inplace(net)
     x = photos()
     buffer = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(
-            net, (torch.from_numpy(x),), buffer, opset_version=17, dynamo=False,
-            input_names=["input"], output_names=["logits"],
+            net,
+            (torch.from_numpy(x),),
+            buffer,
+            opset_version=17,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
             dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
         )
         logits = net(torch.from_numpy(x)).numpy()

@@ -78,17 +78,23 @@ def reference(cls: Any, zoo: Any, rows: int, **kwargs: Any) -> tuple[np.ndarray,
     return np.asarray(rendered), np.asarray(raw)
 
 
-def check(method: str, model: str, zoo: Any, runner: Any, rows: int, cls: Any,
-          options: dict[str, Any] | None = None, **kwargs: Any) -> None:
+def check(
+    method: str,
+    model: str,
+    zoo: Any,
+    runner: Any,
+    rows: int,
+    cls: Any,
+    options: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> None:
     z = zoo(model)
-    out = run_method(method, runner(model), z.x[:rows], z.targets[:rows], [z.layer],
-                     options or {})
+    out = run_method(method, runner(model), z.x[:rows], z.targets[:rows], [z.layer], options or {})
     ref_rendered, ref_raw = reference(cls, z, rows, **kwargs)
     ours = out.maps[0]
     assert ours.shape == ref_raw.shape
     rel = float(np.abs(ours - ref_raw).max() / (np.abs(ref_raw).max() + 1e-12))
-    worst = min(pearson(render_ours(ours[r], z.x.shape[-1]), ref_rendered[r])
-                for r in range(rows))
+    worst = min(pearson(render_ours(ours[r], z.x.shape[-1]), ref_rendered[r]) for r in range(rows))
     RESULTS[(method, model)] = (worst, rel)
     print(f"\n{method:20s} {model:14s} pearson {worst:.6f} feature rel err {rel:.2e}")
     assert worst >= 0.99, f"{method} on {model}: Pearson {worst:.4f} < 0.99"
@@ -101,21 +107,37 @@ def check(method: str, model: str, zoo: Any, runner: Any, rows: int, cls: Any,
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("method", list(GRADIENT_CAMS))
-def test_gradient_cam_matches_pytorch_grad_cam(method: str, model: str, zoo: Any,
-                                               runner_for: Any) -> None:
+def test_gradient_cam_matches_pytorch_grad_cam(
+    method: str, model: str, zoo: Any, runner_for: Any
+) -> None:
     check(method, model, zoo, runner_for, 2, GRADIENT_CAMS[method])
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_scorecam_matches_pytorch_grad_cam(model: str, zoo: Any, runner_for: Any) -> None:
-    check("scorecam", model, zoo, runner_for, PERTURBATION_ROWS[model], pgc.ScoreCAM,
-          {"batch_size": 64})
+    check(
+        "scorecam",
+        model,
+        zoo,
+        runner_for,
+        PERTURBATION_ROWS[model],
+        pgc.ScoreCAM,
+        {"batch_size": 64},
+    )
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_ablationcam_matches_pytorch_grad_cam(model: str, zoo: Any, runner_for: Any) -> None:
-    check("ablationcam", model, zoo, runner_for, PERTURBATION_ROWS[model], pgc.AblationCAM,
-          {"batch_size": 64}, batch_size=64)
+    check(
+        "ablationcam",
+        model,
+        zoo,
+        runner_for,
+        PERTURBATION_ROWS[model],
+        pgc.AblationCAM,
+        {"batch_size": 64},
+        batch_size=64,
+    )
 
 
 def test_ablation_without_split_matches_head_split(zoo: Any, runner_for: Any) -> None:

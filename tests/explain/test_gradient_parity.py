@@ -49,14 +49,14 @@ def captum_attr(algo: Any, z: Any, rows: int = 2, **kwargs: Any) -> np.ndarray:
     return out.detach().numpy()
 
 
-def ours(method: str, z: Any, runner: Any, options: dict[str, Any] | None = None,
-         rows: int = 2) -> Any:
+def ours(
+    method: str, z: Any, runner: Any, options: dict[str, Any] | None = None, rows: int = 2
+) -> Any:
     return run_method(method, runner, z.x[:rows], z.targets[:rows], [z.layer], options or {})
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_saliency_inputxgradient_guided_deconvnet(model: str, zoo: Any,
-                                                  runner_for: Any) -> None:
+def test_saliency_inputxgradient_guided_deconvnet(model: str, zoo: Any, runner_for: Any) -> None:
     z, runner = zoo(model), runner_for(model)
     cases = {
         "saliency": (Saliency(z.net), {"abs": False}, {}),
@@ -92,8 +92,13 @@ def test_guided_gradcam(model: str, zoo: Any, runner_for: Any) -> None:
 def test_integrated_gradients(model: str, rule: str, zoo: Any, runner_for: Any) -> None:
     z, runner = zoo(model), runner_for(model)
     steps = 16
-    ref = captum_attr(IntegratedGradients(z.net), z, n_steps=steps, method=rule,
-                      baselines=torch.zeros(2, *z.x.shape[1:]))
+    ref = captum_attr(
+        IntegratedGradients(z.net),
+        z,
+        n_steps=steps,
+        method=rule,
+        baselines=torch.zeros(2, *z.x.shape[1:]),
+    )
     out = ours("integrated_gradients", z, runner, {"steps": steps, "method": rule})
     err = rel_err(out.maps[0], ref)
     print(f"\nIG {rule:17s} {model:14s} rel err {err:.2e} gap {out.extras['completeness_gap']}")
@@ -108,8 +113,14 @@ def test_integrated_gradients(model: str, rule: str, zoo: Any, runner_for: Any) 
 @pytest.mark.parametrize("model", ["resnet18", "squeezenet1_1"])
 def test_occlusion(model: str, zoo: Any, runner_for: Any) -> None:
     z, runner = zoo(model), runner_for(model)
-    ref = captum_attr(Occlusion(z.net), z, sliding_window_shapes=(3, 32, 32),
-                      strides=(3, 16, 16), baselines=0.0, perturbations_per_eval=32)
+    ref = captum_attr(
+        Occlusion(z.net),
+        z,
+        sliding_window_shapes=(3, 32, 32),
+        strides=(3, 16, 16),
+        baselines=0.0,
+        perturbations_per_eval=32,
+    )
     got = ours("occlusion", z, runner, {"window": 32, "stride": 16, "baseline": 0.0})
     assert got.maps[0].shape == (2, 1, *z.x.shape[2:])
     np.testing.assert_allclose(ref[:, :1], ref[:, 1:2], rtol=0, atol=0)  # same per channel
@@ -118,8 +129,7 @@ def test_occlusion(model: str, zoo: Any, runner_for: Any) -> None:
     assert err <= 1e-4
 
 
-def test_smoothgrad_fixed_seed_equals_saliency_at_the_same_noise(zoo: Any,
-                                                                 runner_for: Any) -> None:
+def test_smoothgrad_fixed_seed_equals_saliency_at_the_same_noise(zoo: Any, runner_for: Any) -> None:
     """With a fixed seed the noise is documented (smoothgrad_noise, rows in order): the map is
     the mean of Captum's raw saliency at those noisy inputs.
 
@@ -146,8 +156,7 @@ def test_smoothgrad_fixed_seed_equals_saliency_at_the_same_noise(zoo: Any,
         assert err <= 3e-2
 
 
-def test_smoothgrad_matches_captum_noise_tunnel_in_expectation(zoo: Any,
-                                                               runner_for: Any) -> None:
+def test_smoothgrad_matches_captum_noise_tunnel_in_expectation(zoo: Any, runner_for: Any) -> None:
     """Different random streams, same distribution: per pixel, our mean and Captum's
     NoiseTunnel(Saliency) mean over n samples each differ by N(0, 2 s^2 / n) where s is the
     per-pixel std of the noisy gradient (estimated from our own samples). |z| > 4 has
@@ -159,16 +168,24 @@ def test_smoothgrad_matches_captum_noise_tunnel_in_expectation(zoo: Any,
     sigma = noise * float(x.max() - x.min())
     rng = np.random.default_rng(3)
     noisy = x + smoothgrad_noise(x[0], n, noise, rng)
-    res = runner.gradients(noisy, np.eye(1000, dtype=np.float32)[[z.targets[0]] * n], (),
-                           input_gradient=True)
+    res = runner.gradients(
+        noisy, np.eye(1000, dtype=np.float32)[[z.targets[0]] * n], (), input_gradient=True
+    )
     samples = res.input_gradient.astype(np.float64)
     s = samples.std(axis=0, ddof=1)
     torch.manual_seed(0)
     tunnel = NoiseTunnel(Saliency(z.net))
-    ref = tunnel.attribute(torch.from_numpy(x.copy()).requires_grad_(True), nt_type="smoothgrad",
-                           nt_samples=n, stdevs=sigma, target=z.targets[0], abs=False)
-    ours_mean = ours("smoothgrad", z, runner, {"samples": n, "noise": noise, "seed": 3},
-                     rows=1).maps[0][0]
+    ref = tunnel.attribute(
+        torch.from_numpy(x.copy()).requires_grad_(True),
+        nt_type="smoothgrad",
+        nt_samples=n,
+        stdevs=sigma,
+        target=z.targets[0],
+        abs=False,
+    )
+    ours_mean = ours(
+        "smoothgrad", z, runner, {"samples": n, "noise": noise, "seed": 3}, rows=1
+    ).maps[0][0]
     np.testing.assert_allclose(ours_mean, samples.mean(0), rtol=1e-5, atol=1e-7)
     se = np.sqrt(2.0 * s**2 / n)
     keep = se > 0

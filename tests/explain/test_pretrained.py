@@ -45,8 +45,7 @@ def effnet_setup(effnet: tuple[bytes, Any], tmp_path_factory: pytest.TempPathFac
     score = model.graph.output[0].name
     layer = summarize(model, image, score).default_layer
     photos = {"chelsea": data.chelsea(), "coffee": data.coffee()}
-    x, geoms = preprocess_with_geometry([Image.fromarray(p) for p in photos.values()],
-                                        card.input)
+    x, geoms = preprocess_with_geometry([Image.fromarray(p) for p in photos.values()], card.input)
     runner = ModelRunner(path, root / "derived", "effnet", image, score, open_cpu_session)
     return runner, model, x, dict(zip(photos, geoms, strict=True)), layer, root
 
@@ -99,14 +98,23 @@ def test_model_randomisation_changes_gradcam_not_guided_backprop(effnet_setup: A
     for k in (1, 2):
         path = root / f"random-{k}.onnx"
         onnx.save(_randomised(model, k), str(path))
-        rand = ModelRunner(path, root / f"derived-{k}", f"effnet-random-{k}",
-                           runner.image_input, runner.score_output, open_cpu_session)
+        rand = ModelRunner(
+            path,
+            root / f"derived-{k}",
+            f"effnet-random-{k}",
+            runner.image_input,
+            runner.score_output,
+            open_cpu_session,
+        )
         cam = run_method("gradcam", rand, x, top, [layer], {}).maps[0]
         gb = run_method("guided_backprop", rand, x[:1], top[:1], [], {}).maps[0]
-        rho_cam = [spearman(np.maximum(base_cam[r], 0), np.maximum(cam[r], 0))
-                   for r in range(len(top))]
+        rho_cam = [
+            spearman(np.maximum(base_cam[r], 0), np.maximum(cam[r], 0)) for r in range(len(top))
+        ]
         rho_gb = spearman(np.abs(base_gb).max(1), np.abs(gb).max(1))
-        print(f"\nrandomised top {k}: gradcam spearman {np.round(rho_cam, 3)}, "
-              f"guided backprop spearman {rho_gb:.3f}")
+        print(
+            f"\nrandomised top {k}: gradcam spearman {np.round(rho_cam, 3)}, "
+            f"guided backprop spearman {rho_gb:.3f}"
+        )
         assert (max(rho_cam) if k == 1 else float(np.mean(rho_cam))) < 0.5
         assert np.isfinite(rho_gb)

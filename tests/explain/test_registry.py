@@ -54,16 +54,20 @@ def test_unknown_option_lists_the_valid_ones(tiny: ModelRunner) -> None:
         run_method("smoothgrad", tiny, X, [0, 1], [], {"sample": 3})
 
 
-@pytest.mark.parametrize(("method", "options", "message"), [
-    ("smoothgrad", {"samples": 0}, r"options.samples must be an integer in \[1, 1000\]"),
-    ("integrated_gradients", {"method": "simpson"}, "options.method must be one of"),
-    ("occlusion", {"window": [8, 8, 8]}, "options.window must be an integer or"),
-    ("occlusion", {"window": 9}, r"must fit in the input \(8x8"),
-    ("scorecam", {"score": "softmax"}, "options.score must be one of"),
-    ("gradcam", {"fusion": "sum"}, "options.fusion must be one of"),
-])
-def test_bad_options_name_the_option_and_range(tiny: ModelRunner, method: str,
-                                                options: dict, message: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("smoothgrad", {"samples": 0}, r"options.samples must be an integer in \[1, 1000\]"),
+        ("integrated_gradients", {"method": "simpson"}, "options.method must be one of"),
+        ("occlusion", {"window": [8, 8, 8]}, "options.window must be an integer or"),
+        ("occlusion", {"window": 9}, r"must fit in the input \(8x8"),
+        ("scorecam", {"score": "softmax"}, "options.score must be one of"),
+        ("gradcam", {"fusion": "sum"}, "options.fusion must be one of"),
+    ],
+)
+def test_bad_options_name_the_option_and_range(
+    tiny: ModelRunner, method: str, options: dict, message: str
+) -> None:
     with pytest.raises(ProblemError, match=message):
         run_method(method, tiny, X, [0, 1], ["relu"], options)
 
@@ -73,8 +77,9 @@ def test_runner_builds_each_graph_once(tiny: ModelRunner, tmp_path: Path) -> Non
     run_method("gradcam", tiny, X, [1, 1], ["relu"], {})
     built = sorted(p.name.split("-")[0] for p in (tmp_path / "derived").glob("*.onnx"))
     assert built == ["companion"]
-    again = ModelRunner(tiny.model_path, tmp_path / "derived", "tiny", "input", "logits",
-                        open_cpu_session)
+    again = ModelRunner(
+        tiny.model_path, tmp_path / "derived", "tiny", "input", "logits", open_cpu_session
+    )
     mtime = {p: p.stat().st_mtime_ns for p in (tmp_path / "derived").iterdir()}
     run_method("gradcam", again, X, [0, 1], ["relu"], {})
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "derived").iterdir()} == mtime
@@ -84,6 +89,5 @@ def test_perturbation_methods_batch(tiny: ModelRunner) -> None:
     a = run_method("scorecam", tiny, X, [0, 1], ["relu"], {"batch_size": 1})
     b = run_method("scorecam", tiny, X, [0, 1], ["relu"], {"batch_size": 64})
     np.testing.assert_allclose(a.maps[0], b.maps[0], rtol=1e-5)
-    o = run_method("occlusion", tiny, X, [0, 1], [], {"window": 4, "stride": 2,
-                                                      "batch_size": 3})
+    o = run_method("occlusion", tiny, X, [0, 1], [], {"window": 4, "stride": 2, "batch_size": 3})
     assert o.maps[0].shape == (2, 1, 8, 8)

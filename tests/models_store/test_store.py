@@ -129,8 +129,13 @@ def test_refuses_truncated(store_root: Path, tiny_model: bytes) -> None:
 
 def test_refuses_label_count_mismatch(store_root: Path) -> None:
     card = tiny_card(labels=["a", "b", "c"])
-    _refused(store_root, tiny_classifier(classes=10), card, InvalidCard,
-             "3 labels but the model outputs 10 scores")
+    _refused(
+        store_root,
+        tiny_classifier(classes=10),
+        card,
+        InvalidCard,
+        "3 labels but the model outputs 10 scores",
+    )
 
 
 def test_refuses_card_input_size_mismatch(store_root: Path, tiny_model: bytes) -> None:

@@ -58,8 +58,12 @@ def test_register_list_get_delete(client: TestClient, tiny_model: bytes) -> None
     assert layers["default"] == "relu"
     spatial = {layer["name"]: layer["spatial"] for layer in layers["layers"]}
     assert spatial == {"conv": True, "relu": True, "gap": False}
-    assert layers["layers"][0] == {"name": "conv", "op_type": "Conv", "shape": ["N", 4, 8, 8],
-                                   "spatial": True}
+    assert layers["layers"][0] == {
+        "name": "conv",
+        "op_type": "Conv",
+        "shape": ["N", 4, 8, 8],
+        "spatial": True,
+    }
 
     deleted = client.delete("/v1/models/tiny")
     assert deleted.json() == {"name": "tiny", "versions": ["1"]}
@@ -71,10 +75,12 @@ def test_refusals_leave_store_unchanged(client: TestClient, store_root: Path) ->
     before = sorted(p.name for p in store_root.rglob("*"))
     cases = [
         (register(client, b"not onnx at all", card_dict()), 422, "not an ONNX model"),
-        (register(client, tiny_classifier(classes=1000), card_dict()), 422,
-         "3 labels but the model outputs 1000 scores"),
-        (register(client, tiny_classifier(), card_dict(name="x") | {"name": "../x"}), 422,
-         "name"),
+        (
+            register(client, tiny_classifier(classes=1000), card_dict()),
+            422,
+            "3 labels but the model outputs 1000 scores",
+        ),
+        (register(client, tiny_classifier(), card_dict(name="x") | {"name": "../x"}), 422, "name"),
         (register(client, tiny_classifier(), "{not json"), 422, "not valid JSON"),
         (client.post("/v1/models", files={"card": (None, "{}")}), 422, "'model' file part"),
     ]
@@ -106,7 +112,8 @@ def test_predict_json_and_multipart(client: TestClient, tiny_model: bytes) -> No
     assert as_json["provider"] == "CPUExecutionProvider"
 
     multipart = client.post(
-        "/v1/models/tiny/predict", params={"top_k": 2},
+        "/v1/models/tiny/predict",
+        params={"top_k": 2},
         files=[("image", ("a.png", png, "image/png")), ("image", ("b.png", png, "image/png"))],
     ).json()
     assert multipart["predictions"] == [as_json["predictions"][0]] * 2
@@ -120,11 +127,15 @@ def test_predict_errors(client: TestClient, tiny_model: bytes) -> None:
     assert_problem(client.post(url, json={"images": ["!!!"]}), 422, "base64")
     junk = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 30).decode()
     assert_problem(client.post(url, json={"images": [junk]}), 422, "")
-    assert_problem(client.post(url, content=b"{", headers={"content-type": "application/json"}),
-                   422, "not valid JSON")
+    assert_problem(
+        client.post(url, content=b"{", headers={"content-type": "application/json"}),
+        422,
+        "not valid JSON",
+    )
     assert_problem(client.post(url, files={"other": ("a.txt", b"x")}), 422, "'image' file part")
     too_many = {"images": ["x"] * 17}
     assert_problem(client.post(url, json=too_many), 413, "limit is 16")
-    assert_problem(client.post(url, content=b"x", headers={"content-type": "text/plain"}),
-                   415, "text/plain")
+    assert_problem(
+        client.post(url, content=b"x", headers={"content-type": "text/plain"}), 415, "text/plain"
+    )
     assert_problem(client.post(url, json={"images": ["x"], "bogus": 1}), 422, "bogus")

@@ -50,11 +50,14 @@ def assert_status(response: Any, status: int) -> None:
         assert response.headers["content-type"].startswith("application/problem+json")
 
 
-def test_registration_and_deletion_need_the_admin_token(secured: TestClient,
-                                                        tiny_model: bytes) -> None:
+def test_registration_and_deletion_need_the_admin_token(
+    secured: TestClient, tiny_model: bytes
+) -> None:
     card = card_dict()
-    files = {"model": ("m.onnx", tiny_model, "application/octet-stream"),
-             "card": (None, json.dumps(card))}
+    files = {
+        "model": ("m.onnx", tiny_model, "application/octet-stream"),
+        "card": (None, json.dumps(card)),
+    }
     assert_status(secured.post("/v1/models", files=files), 401)
     assert_status(secured.post("/v1/models", files=files, headers=bearer("wrong")), 403)
     assert_status(secured.post("/v1/models", files=files, headers=bearer(ADMIN + "x")), 403)
@@ -73,8 +76,10 @@ def test_registration_and_deletion_need_the_admin_token(secured: TestClient,
 
 
 def test_model_endpoints_need_an_api_token(secured: TestClient, tiny_model: bytes) -> None:
-    files = {"model": ("m.onnx", tiny_model, "application/octet-stream"),
-             "card": (None, json.dumps(card_dict()))}
+    files = {
+        "model": ("m.onnx", tiny_model, "application/octet-stream"),
+        "card": (None, json.dumps(card_dict())),
+    }
     assert_status(secured.post("/v1/models", files=files, headers=bearer(ADMIN)), 201)
     body = {"images": [IMAGE]}
     protected = [
@@ -86,8 +91,7 @@ def test_model_endpoints_need_an_api_token(secured: TestClient, tiny_model: byte
     for method, url, payload in protected:
         assert_status(secured.request(method, url, json=payload), 401)
         assert_status(secured.request(method, url, json=payload, headers=bearer("x")), 403)
-        assert_status(secured.request(method, url, json=payload,
-                                      headers=bearer(API[1][:-1])), 403)
+        assert_status(secured.request(method, url, json=payload, headers=bearer(API[1][:-1])), 403)
     # every configured token works
     for token in API:
         answer = secured.post("/v1/models/tiny/predict", json=body, headers=bearer(token))
@@ -104,11 +108,16 @@ def test_without_tokens_everything_is_open(client: TestClient, tiny_model: bytes
     assert client.delete("/v1/models/tiny").status_code == 200
 
 
-def test_tokens_never_reach_the_logs(secured: TestClient, tiny_model: bytes,
-                                     caplog: pytest.LogCaptureFixture,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
-    files = {"model": ("m.onnx", tiny_model, "application/octet-stream"),
-             "card": (None, json.dumps(card_dict()))}
+def test_tokens_never_reach_the_logs(
+    secured: TestClient,
+    tiny_model: bytes,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = {
+        "model": ("m.onnx", tiny_model, "application/octet-stream"),
+        "card": (None, json.dumps(card_dict())),
+    }
     wrong = "wrong-token-" + "z" * 20
     with caplog.at_level(logging.DEBUG):
         secured.post("/v1/models", files=files, headers=bearer(wrong))
@@ -143,8 +152,8 @@ def test_tokens_never_reach_the_logs(secured: TestClient, tiny_model: bytes,
 # Samples alternate between the two inputs so that drift (other processes on a shared CPU)
 # hits both alike, and medians ignore the outliers such drift makes.
 
-def median_ratio(compare: Callable[[Any], object], near: Any, far: Any,
-                 rounds: int = 60) -> float:
+
+def median_ratio(compare: Callable[[Any], object], near: Any, far: Any, rounds: int = 60) -> float:
     near_ns, far_ns = [], []
     for _ in range(rounds):
         for sample, times in ((near, near_ns), (far, far_ns)):

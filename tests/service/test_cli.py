@@ -40,6 +40,7 @@ def test_add_refusal_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixt
     model, card = tmp_path / "m.onnx", tmp_path / "card.json"
     model.write_bytes(b"garbage")
     card.write_text(tiny_card().model_dump_json())
-    code, _, err = run(capsys, "--store", str(tmp_path / "s"), "models", "add", str(model),
-                       "--card", str(card))
+    code, _, err = run(
+        capsys, "--store", str(tmp_path / "s"), "models", "add", str(model), "--card", str(card)
+    )
     assert code == 2 and "not an ONNX model" in err

@@ -19,8 +19,11 @@ from service.settings import Settings
 from tests.conftest import png_bytes, tiny_card, tiny_classifier
 
 METHODS = ExplainRequest.model_fields["method"].annotation.__args__  # type: ignore[union-attr]
-OPTIONS = {"smoothgrad": {"samples": 4}, "integrated_gradients": {"steps": 4},
-           "occlusion": {"window": 4, "stride": 4}}
+OPTIONS = {
+    "smoothgrad": {"samples": 4},
+    "integrated_gradients": {"steps": 4},
+    "occlusion": {"window": 4, "stride": 4},
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +36,16 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_json_with_every_output(api: TestClient, method: str) -> None:
-    image = base64.b64encode(png_bytes(
-        np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))).decode()
-    body = {"images": [image, image], "method": method, "targets": {"top_k": 2},
-            "options": OPTIONS.get(method, {}),
-            "outputs": ["heatmap", "overlay", "array", "stats"]}
+    image = base64.b64encode(
+        png_bytes(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    ).decode()
+    body = {
+        "images": [image, image],
+        "method": method,
+        "targets": {"top_k": 2},
+        "options": OPTIONS.get(method, {}),
+        "outputs": ["heatmap", "overlay", "array", "stats"],
+    }
     response = api.post("/v1/models/tiny/explain", json=body)
     assert response.status_code == 200, response.text[:500]
     results = response.json()["results"]

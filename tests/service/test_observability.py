@@ -17,10 +17,16 @@ from service.settings import Settings
 from tests.service.test_api_models import card_dict, register
 
 METRIC_NAMES = {
-    "cnnvis_requests", "cnnvis_request_duration_seconds", "cnnvis_requests_in_flight",
-    "cnnvis_onnxruntime_run_seconds", "cnnvis_companion_builds",
-    "cnnvis_companion_build_seconds", "cnnvis_batch_size", "cnnvis_queue_duration_seconds",
-    "cnnvis_queue_depth", "cnnvis_requests_shed",
+    "cnnvis_requests",
+    "cnnvis_request_duration_seconds",
+    "cnnvis_requests_in_flight",
+    "cnnvis_onnxruntime_run_seconds",
+    "cnnvis_companion_builds",
+    "cnnvis_companion_build_seconds",
+    "cnnvis_batch_size",
+    "cnnvis_queue_duration_seconds",
+    "cnnvis_queue_depth",
+    "cnnvis_requests_shed",
 }
 
 
@@ -39,16 +45,19 @@ def test_metrics_after_traffic(client: TestClient, tiny_model: bytes) -> None:
     register(client, tiny_model, card_dict())
     png_free = {"images": ["x"]}
     client.post("/v1/models/tiny/predict", json=png_free)  # 422: not an image
-    client.post("/v1/models/tiny/predict", params={"method": "gradcam"},
-                files={"other": ("a.txt", b"x")})
+    client.post(
+        "/v1/models/tiny/predict", params={"method": "gradcam"}, files={"other": ("a.txt", b"x")}
+    )
     client.get("/v1/models/no-such-model")
 
     families = {f.name for f in text_string_to_metric_families(client.get("/metrics").text)}
     assert families >= METRIC_NAMES
 
     counts = samples(client, "cnnvis_requests_total")
-    by_route = {(s["route"], s["http_method"], s["model"], s["cnnvis_method"], s["status"]): v
-                for s, v in counts}
+    by_route = {
+        (s["route"], s["http_method"], s["model"], s["cnnvis_method"], s["status"]): v
+        for s, v in counts
+    }
     assert by_route[("/v1/models", "POST", "-", "-", "201")] == 1
     assert by_route[("/v1/models/{name}/predict", "POST", "tiny", "-", "422")] == 1
     # the query string's method= labels multipart requests
@@ -64,27 +73,37 @@ def test_metrics_after_traffic(client: TestClient, tiny_model: bytes) -> None:
 
 
 def test_request_id_honoured_replaced_and_echoed_on_errors(client: TestClient) -> None:
-    assert client.get("/healthz", headers={"X-Request-ID": "abc.DEF_1-2"}).headers[
-        "x-request-id"] == "abc.DEF_1-2"
+    assert (
+        client.get("/healthz", headers={"X-Request-ID": "abc.DEF_1-2"}).headers["x-request-id"]
+        == "abc.DEF_1-2"
+    )
     for bad in ("has space", "x" * 129, "semi;colon", "ünï"):
         echoed = client.get("/healthz", headers={"X-Request-ID": bad.encode()}).headers[
-            "x-request-id"]
+            "x-request-id"
+        ]
         assert echoed != bad and len(echoed) == 32
     fresh = {client.get("/healthz").headers["x-request-id"] for _ in range(3)}
     assert len(fresh) == 3
     # errors from the app and from the body limit (before routing) carry it too
-    assert client.get("/v1/models/nope", headers={"X-Request-ID": "r404"}).headers[
-        "x-request-id"] == "r404"
-    too_big = client.post("/v1/models/tiny/predict", content=b"0" * (33 * 1024 * 1024),
-                          headers={"X-Request-ID": "r413", "content-type": "application/json"})
+    assert (
+        client.get("/v1/models/nope", headers={"X-Request-ID": "r404"}).headers["x-request-id"]
+        == "r404"
+    )
+    too_big = client.post(
+        "/v1/models/tiny/predict",
+        content=b"0" * (33 * 1024 * 1024),
+        headers={"X-Request-ID": "r413", "content-type": "application/json"},
+    )
     assert too_big.status_code == 413 and too_big.headers["x-request-id"] == "r413"
     counts = samples(client, "cnnvis_requests_total")
-    assert any(s["route"] == "/v1/models/{name}/predict" and s["status"] == "413"
-               for s, _ in counts)
+    assert any(
+        s["route"] == "/v1/models/{name}/predict" and s["status"] == "413" for s, _ in counts
+    )
 
 
-def test_unexpected_error_carries_the_request_id(store_root: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_unexpected_error_carries_the_request_id(
+    store_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     app = create_app(Settings(store=store_root))
 
     @app.get("/boom")
@@ -103,14 +122,24 @@ def test_unexpected_error_carries_the_request_id(store_root: Path,
         assert samples(client, "cnnvis_requests_in_flight") == [({}, 1.0)]
 
 
-def test_access_lines_are_json_with_request_id(client: TestClient,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_access_lines_are_json_with_request_id(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.INFO, logger="cnnvis.access"):
         client.get("/healthz?secret=1", headers={"X-Request-ID": "line-1"})
     (record,) = [r for r in caplog.records if r.name == "cnnvis.access"]
     line = json.loads(JsonFormatter().format(record))
-    assert set(line) == {"ts", "level", "logger", "msg", "request_id", "method", "path",
-                         "status", "duration_ms"}
+    assert set(line) == {
+        "ts",
+        "level",
+        "logger",
+        "msg",
+        "request_id",
+        "method",
+        "path",
+        "status",
+        "duration_ms",
+    }
     assert line["request_id"] == "line-1" and line["path"] == "/healthz"
     assert line["method"] == "GET" and line["status"] == 200 and line["duration_ms"] >= 0
     assert "secret" not in json.dumps(line)  # no query strings
@@ -134,7 +163,12 @@ def test_label_values_are_bounded(tmp_path: Path) -> None:
 
     metrics = Metrics(max_label_values=2)
     assert [metrics.bounded("model", v) for v in ("a", "b", "c", "a", None)] == [
-        "a", "b", "other", "a", "-"]
+        "a",
+        "b",
+        "other",
+        "a",
+        "-",
+    ]
 
 
 def test_log_config_and_redaction() -> None:
@@ -145,11 +179,13 @@ def test_log_config_and_redaction() -> None:
     resolve = logging.config.BaseConfigurator({}).resolve
     assert resolve(config["formatters"]["main"]["()"]) is JsonFormatter
     assert resolve(config["filters"]["request_id"]["()"])().filter(
-        logging.makeLogRecord({"msg": "x"}))
+        logging.makeLogRecord({"msg": "x"})
+    )
     assert config["root"] == {"handlers": ["stderr"], "level": "INFO"}
     assert log_config("debug", "text")["formatters"]["main"]["()"] == "service.logs.TextFormatter"
     assert redact("Authorization: Bearer s3cr3t-tok.en, next") == (
-        "Authorization: Bearer [redacted], next")
+        "Authorization: Bearer [redacted], next"
+    )
 
 
 def test_runtime_metrics_after_traffic(tmp_path: Path) -> None:
@@ -166,8 +202,9 @@ def test_runtime_metrics_after_traffic(tmp_path: Path) -> None:
     with TestClient(create_app(Settings(store=tmp_path, max_queue=1))) as client:
         files = {"image": ("a.png", image, "image/png")}
         assert client.post("/v1/models/tiny/predict", files=files).status_code == 200
-        explained = client.post("/v1/models/tiny/explain", params={"method": "gradcam"},
-                                files=files)
+        explained = client.post(
+            "/v1/models/tiny/explain", params={"method": "gradcam"}, files=files
+        )
         assert explained.status_code == 200
         text = client.get("/metrics").text
     for needle in (

@@ -40,12 +40,16 @@ def slow_classifier(size: int = SIZE, channels: int = 32, depth: int = 8) -> byt
     for i in range(depth):
         w = rng.normal(size=(channels, fan_in, 3, 3)) / np.sqrt(fan_in * 9)
         weights.append(numpy_helper.from_array(w.astype(np.float32), f"conv{i}.w"))
-        nodes.append(helper.make_node("Conv", [previous, f"conv{i}.w"], [f"conv{i}"],
-                                      pads=[1, 1, 1, 1], name=f"conv{i}"))
+        nodes.append(
+            helper.make_node(
+                "Conv", [previous, f"conv{i}.w"], [f"conv{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"
+            )
+        )
         nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"], name=f"relu{i}"))
         previous, fan_in = f"relu{i}", channels
-    weights.append(numpy_helper.from_array(
-        rng.normal(size=(3, channels)).astype(np.float32), "fc.w"))
+    weights.append(
+        numpy_helper.from_array(rng.normal(size=(3, channels)).astype(np.float32), "fc.w")
+    )
     weights.append(numpy_helper.from_array(np.zeros(3, np.float32), "fc.b"))
     nodes += [
         helper.make_node("GlobalAveragePool", [previous], ["gap"], name="gap"),
@@ -53,7 +57,8 @@ def slow_classifier(size: int = SIZE, channels: int = 32, depth: int = 8) -> byt
         helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], transB=1, name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "slow",
+        nodes,
+        "slow",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
         initializer=weights,
@@ -70,13 +75,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen[bytes],
-               log: Path) -> None:
+def wait_until(
+    condition, timeout: float, what: str, proc: subprocess.Popen[bytes], log: Path
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"server exited ({proc.returncode}) while waiting for {what}:\n"
-                        + log.read_text()[-3000:])
+            pytest.fail(
+                f"server exited ({proc.returncode}) while waiting for {what}:\n"
+                + log.read_text()[-3000:]
+            )
         try:
             if condition():
                 return
@@ -108,22 +116,44 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(tmp_path: Path) -> Non
     log = tmp_path / "server.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "--store", str(store), "serve",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "--store",
+                str(store),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     try:
-        wait_until(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, 60,
-                   "readiness", proc, log)
-        images = [base64.b64encode(png_bytes(np.full((SIZE, SIZE, 3), i * 9, np.uint8)))
-                  .decode() for i in range(16)]
+        wait_until(
+            lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200,
+            60,
+            "readiness",
+            proc,
+            log,
+        )
+        images = [
+            base64.b64encode(png_bytes(np.full((SIZE, SIZE, 3), i * 9, np.uint8))).decode()
+            for i in range(16)
+        ]
         outcome: dict[str, object] = {}
 
         def predict() -> None:
             try:
                 outcome["response"] = httpx.post(
-                    f"{base}/v1/models/slow/predict", json={"images": images},
-                    headers={"X-Request-ID": "drain-me"}, timeout=GRACE_S + 30,
+                    f"{base}/v1/models/slow/predict",
+                    json={"images": images},
+                    headers={"X-Request-ID": "drain-me"},
+                    timeout=GRACE_S + 30,
                 )
             except Exception as exc:  # reported below
                 outcome["error"] = exc
@@ -156,8 +186,7 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(tmp_path: Path) -> Non
             proc.kill()
             proc.wait(10)
 
-    lines = [json.loads(line) for line in log.read_text().splitlines()
-             if line.startswith("{")]
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     access = [x for x in lines if x["logger"] == "cnnvis.access" and x["request_id"] == "drain-me"]
     assert [(x["path"], x["status"]) for x in access] == [("/v1/models/slow/predict", 200)]
     assert any(x["logger"].startswith("uvicorn") for x in lines)  # uvicorn's lines are JSON too
