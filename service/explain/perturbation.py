@@ -94,11 +94,16 @@ def scorecam(
             lo = up.min(axis=(1, 2), keepdims=True)
             hi = up.max(axis=(1, 2), keepdims=True)
             masks = ((up - lo) / (hi - lo + MASK_EPS)).astype(np.float32)
-            out = []
-            for sl in _batches(len(channels), bs):
-                batch = x[r][None] * masks[sl, None]
-                out.append(runner.forward(batch)[0])
-            logits = np.concatenate(out).astype(np.float64)
+            # A constant channel (ReLU-dead ones: ~65% of EfficientNet-Lite0's last layer on
+            # a photo) has an all-zero mask, so its masked input is all zeros: score it once.
+            constant = (hi - lo).reshape(-1) == 0
+            varying = np.flatnonzero(~constant)
+            logits = np.empty((len(channels), scores.shape[1]), dtype=np.float64)
+            for sl in _batches(len(varying), bs):
+                batch = x[r][None] * masks[varying[sl], None]
+                logits[varying[sl]] = runner.forward(batch)[0]
+            if constant.any():
+                logits[constant] = runner.forward(np.zeros_like(x[r][None]))[0][0]
             c = targets[r]
             if mode == "logit":
                 w = _softmax(logits[:, c])
@@ -142,6 +147,9 @@ def ablationcam(
         for r in range(x.shape[0]):
             c = targets[r]
             channels = _channels(a[r], options["max_channels"])
+            # zeroing an all-zero channel changes nothing, and its map contribution is
+            # w_k * A_k = 0 whatever w_k: only the live channels are run
+            channels = channels[a[r, channels].reshape(len(channels), -1).any(axis=1)]
             original = float(scores[r, c])
             ablated = []
             for sl in _batches(len(channels), bs):
@@ -155,6 +163,8 @@ def ablationcam(
                     mask[np.arange(len(chosen)), chosen] = 0.0
                     xs = np.repeat(x[r][None], len(chosen), axis=0)
                     ablated.append(runner.forward_masked(xs, layer, mask)[:, c])
+            if not ablated:  # every channel is dead: the map is zero
+                continue
             drop = original - np.concatenate(ablated).astype(np.float64)
             weights[r, channels] = drop / original if original != 0 else drop
         maps.append(_weighted(weights, a.astype(np.float64)).astype(np.float32))
