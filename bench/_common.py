@@ -8,6 +8,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,12 +112,37 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def watch_peak(self) -> PeakRss:
+        """A context manager that samples this server's RSS; ``.peak`` after it exits."""
+        return PeakRss(self)
+
     def stop(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+class PeakRss:
+    def __init__(self, server: Server, interval: float = 0.05) -> None:
+        self.server, self.interval = server, interval
+        self.peak = server.rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.server.rss_mib())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def time_it(fn: Callable[[], object], repeat: int, warmup: int = 2) -> list[float]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -57,12 +56,6 @@ async def storm(url: str, png: bytes, requests: int, concurrency: int, timeout: 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     return statuses, latencies, elapsed
-
-
-def sample_rss(server: Server, stop: threading.Event, peak: list[float]) -> None:
-    while not stop.is_set():
-        peak[0] = max(peak[0], server.rss_mib())
-        time.sleep(0.05)
 
 
 def main() -> None:
@@ -114,15 +107,10 @@ def main() -> None:
         asyncio.run(storm(server.url, png, 8, 4))
         time.sleep(1)
         start_rss = server.rss_mib()
-        peak = [start_rss]
-        stop = threading.Event()
-        sampler = threading.Thread(target=sample_rss, args=(server, stop, peak))
-        sampler.start()
-        statuses, lat, elapsed = asyncio.run(
-            storm(server.url, png, args.overload * 2, args.overload)
-        )
-        stop.set()
-        sampler.join()
+        with server.watch_peak() as peak:
+            statuses, lat, elapsed = asyncio.run(
+                storm(server.url, png, args.overload * 2, args.overload)
+            )
         time.sleep(2)
         end_rss = server.rss_mib()
     finally:
@@ -133,7 +121,7 @@ def main() -> None:
     )
     print(f"statuses: {dict(statuses)}; p99 of 200s: {percentile(lat, 99):.0f} ms")
     print(
-        f"server RSS: start {start_rss:.0f} MiB, peak {peak[0]:.0f} MiB, end {end_rss:.0f} MiB"
+        f"server RSS: start {start_rss:.0f} MiB, peak {peak.peak:.0f} MiB, end {end_rss:.0f} MiB"
         f" ({(end_rss / start_rss - 1) * 100:+.1f}%)"
     )
     bad = {k: v for k, v in statuses.items() if k not in (200, 503)}

@@ -20,7 +20,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -126,19 +125,8 @@ def main() -> None:
         asyncio.run(soak(server.url, args.warmup, args.concurrency))
         time.sleep(1)
         start_rss = server.rss_mib()
-        peak = [start_rss]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], server.rss_mib())
-                time.sleep(0.2)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        statuses, latencies = asyncio.run(soak(server.url, args.seconds, args.concurrency))
-        stop.set()
-        sampler.join()
+        with server.watch_peak() as peak:
+            statuses, latencies = asyncio.run(soak(server.url, args.seconds, args.concurrency))
         time.sleep(2)
         end_rss = server.rss_mib()
         alive = server.process.poll() is None
@@ -163,7 +151,7 @@ def main() -> None:
     print(f"\n5xx: {five}")
     print(
         f"server RSS: {cold_rss:.0f} MiB cold; after {args.warmup:.0f} s of warm-up:"
-        f" start {start_rss:.0f} MiB, peak {peak[0]:.0f} MiB, end {end_rss:.0f} MiB"
+        f" start {start_rss:.0f} MiB, peak {peak.peak:.0f} MiB, end {end_rss:.0f} MiB"
         f" ({(end_rss / start_rss - 1) * 100:+.1f}% end vs start)"
     )
 

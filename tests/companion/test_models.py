@@ -25,6 +25,7 @@ from tests.fixtures.torchvision_models import (
     Exported,
     ExportFailed,
     TorchvisionZoo,
+    export_torchscript,
     images,
 )
 
@@ -248,7 +249,6 @@ def test_layout_optimisation_changes_rounding_not_gradients(tmp_path: Any) -> No
     BatchNorm statistics, 112 px, seed 0): their float32 forwards round differently, which
     flips ReLU masks and max-pool choices near ties. Each is nonetheless the exact gradient
     of its own forward pass: both match torch aligned to that level's forward values."""
-    import io
 
     import onnxruntime as ort
     import torchvision
@@ -256,21 +256,9 @@ def test_layout_optimisation_changes_rounding_not_gradients(tmp_path: Any) -> No
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None).eval()
     x = np.random.default_rng(0).standard_normal((2, 3, 112, 112), dtype=np.float32)
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (torch.from_numpy(x),),
-            buffer,
-            opset_version=17,
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-        )
-    net.eval()
-    model = onnx.load_from_string(buffer.getvalue())
+        model = onnx.load_from_string(export_torchscript(net, torch.from_numpy(x)))
     exported = Exported(ARCHS["resnet18"], "torchscript", tmp_path, 112, net)
     companion, spec = build_checked(model, input_gradient=True)
     seed = np.zeros((2, 1000), np.float32)

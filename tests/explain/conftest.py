@@ -4,7 +4,6 @@ and runners over the exported graphs."""
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+from tests.fixtures.torchvision_models import export_torchscript
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -115,24 +116,13 @@ def build_zoo(name: str, root: Path) -> Zoo:
         ).eval()
     _no_inplace(net)
     x = photos()
-    buffer = io.BytesIO()
+    data = export_torchscript(net, torch.from_numpy(x))
     with torch.no_grad():
-        torch.onnx.export(
-            net,
-            (torch.from_numpy(x),),
-            buffer,
-            opset_version=17,
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-        )
         logits = net(torch.from_numpy(x)).numpy()
-    net.eval()  # the exporter restores the training flag of the top module only
-    model = onnx.load_from_string(buffer.getvalue())
+    model = onnx.load_from_string(data)
     assert any(layer in n.output for n in model.graph.node), f"{layer} not in {name}"
     path = root / f"{name}.onnx"
-    path.write_bytes(buffer.getvalue())
+    path.write_bytes(data)
     return Zoo(name, net, path, layer, module_of(net), x, [int(t) for t in logits.argmax(1)])
 
 
