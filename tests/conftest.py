@@ -108,3 +108,13 @@ def client(store_root: Path) -> Iterator[object]:
     app = create_app(Settings(store=store_root))
     with TestClient(app) as test_client:
         yield test_client
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the conformance table (tests/conformance) when any of its cases ran."""
+    from tests.conformance.table import write_if_asked
+
+    text = write_if_asked()
+    if text:
+        terminalreporter.section("companion conformance")
+        terminalreporter.write_line(text)

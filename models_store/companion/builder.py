@@ -17,11 +17,11 @@ from onnx import helper
 from models_store.errors import LayerNotFound, UnsupportedModel
 
 from . import rules as _rules  # noqa: F401  (registers every rule)
-from .context import REGISTRY, GraphWriter, ReluRule, RuleContext, UnknownShape
+from .context import REGISTRY, RELU_RULES, GraphWriter, ReluRule, RuleContext, UnknownShape
 from .graph import SourceGraph, describe, format_path, normalise, outer_names
 
 # Bump whenever an emitted graph can change for the same inputs (invalidates the cache).
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 
 SEED = "seed"
 SCORE = "score"
@@ -71,8 +71,8 @@ def build_companion(
     options: BuildOptions | None = None,
 ) -> tuple[onnx.ModelProto, CompanionSpec]:
     """Derive the companion graph of ``model`` (see ``docs/companion.md``)."""
-    if rule not in ("standard", "guided", "deconvnet"):
-        raise ValueError(f"unknown ReLU rule {rule!r}")
+    if rule not in RELU_RULES:
+        raise ValueError(f"unknown ReLU rule {rule!r}; one of {', '.join(RELU_RULES)}")
     src = SourceGraph(*normalise(model))
     layers = tuple(layers)
     for layer in layers:

@@ -22,7 +22,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-ReluRule = Literal["standard", "guided", "deconvnet"]
+# The backward rule at rectifying units (rules/activation.py): guided backprop and the
+# deconvnet apply theirs at every rectifier (Relu, Clip from 0); ":relu" restricts it to Relu.
+ReluRule = Literal["standard", "guided", "deconvnet", "guided:relu", "deconvnet:relu"]
+RELU_RULES: tuple[str, ...] = ("standard", "guided", "deconvnet", "guided:relu", "deconvnet:relu")
 
 # A dimension as known at build time: an int, a symbolic name (the batch), or None (unknown).
 Dim = int | str | None
@@ -120,7 +123,9 @@ class RuleContext:
         self._shapes = shapes
         self._dtypes = dtypes
         self._constants = constants
-        self.relu_rule = relu_rule
+        base, _, scope = relu_rule.partition(":")
+        self.relu_rule = base  # what Relu nodes apply
+        self.rectifier_rule = "standard" if scope == "relu" else base  # other rectifiers
         self.options = options
         self._source = source
         self.opset = writer.opset

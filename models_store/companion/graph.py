@@ -16,6 +16,7 @@ from models_store.errors import LayerNotFound, UnsupportedModel
 from models_store.fold import fold_constants
 
 from .context import Shape
+from .shapes import settle, shape_of
 
 MIN_OPSET = 13
 FLOAT_TYPES = {
@@ -46,7 +47,9 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.ValueI
     Returns the model to differentiate (the caller's own object when nothing had to change)
     and the inferred value infos. Folding and shape inference run on a skeleton whose large
     weights are typed graph inputs: fast on models of hundreds of megabytes, and the weights
-    are never copied here.
+    are never copied here. Where inference leaves sizes symbolic that the runtime knows,
+    :func:`.shapes.settle` runs the model on a probe to freeze the shape arithmetic and
+    complete the shapes.
     """
     if len(model.functions):
         model = onnx.inliner.inline_local_functions(model)
@@ -54,6 +57,15 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.ValueI
         from onnx import version_converter
 
         model = version_converter.convert_version(model, MIN_OPSET)
+    model, value_infos = fold_and_infer(model)
+    return settle(model, value_infos, fold_and_infer)
+
+
+def fold_and_infer(
+    model: onnx.ModelProto,
+) -> tuple[onnx.ModelProto, list[onnx.ValueInfoProto]]:
+    """Constant folding and ONNX shape inference (data propagation on) on a weightless
+    skeleton; the model returned carries the folded nodes and every weight still used."""
     skeleton = onnx.ModelProto()
     skeleton.ir_version = model.ir_version
     skeleton.opset_import.extend(model.opset_import)
@@ -79,8 +91,18 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.ValueI
     except Exception:  # a stricter inference failure must not block the build
         inferred = onnx.shape_inference.infer_shapes(folded, strict_mode=False)
     value_infos = [*inferred.graph.value_info, *inferred.graph.output]
-    if folded is skeleton:
-        return model, value_infos
+    if folded is not skeleton:
+        model = _working_model(model, folded, large, large_names, declared)
+    return model, value_infos
+
+
+def _working_model(
+    model: onnx.ModelProto,
+    folded: onnx.ModelProto,
+    large: list[onnx.TensorProto],
+    large_names: set[str],
+    declared: set[str],
+) -> onnx.ModelProto:
     working = onnx.ModelProto()
     working.ir_version = model.ir_version
     working.opset_import.extend(model.opset_import)
@@ -94,21 +116,7 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.ValueI
     used = {i for n in folded.graph.node for i in n.input} | {o.name for o in model.graph.output}
     wgraph.initializer.extend(folded.graph.initializer)
     wgraph.initializer.extend(t for t in large if t.name in used)
-    return working, value_infos
-
-
-def _shape_of(vi_type: onnx.TypeProto) -> Shape | None:
-    if not vi_type.HasField("tensor_type") or not vi_type.tensor_type.HasField("shape"):
-        return None
-    dims: list[int | str | None] = []
-    for d in vi_type.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return tuple(dims)
+    return working
 
 
 class SourceGraph:
@@ -138,7 +146,7 @@ class SourceGraph:
         self.dtypes: dict[str, int] = {}
         self.value_infos: dict[str, onnx.ValueInfoProto] = {}
         for vi in [*self.graph.input, *self.graph.value_info, *self.graph.output, *inferred]:
-            shape = _shape_of(vi.type)
+            shape = shape_of(vi.type)
             if shape is not None:
                 self.shapes[vi.name] = shape
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
