@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from models_store.companion.context import RELU_RULES
 from models_store.errors import ProblemError
 from models_store.store import ModelStore, parse_ref
 from schemas.card import ModelCard
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("refs", nargs="*", metavar="NAME[@VERSION]")
     build.add_argument("--all", action="store_true", help="Every model in the store.")
     build.add_argument("--layer", action="append", help="Layer tensor (repeatable).")
-    build.add_argument("--rule", choices=["standard", "guided", "deconvnet"], default="standard")
+    build.add_argument("--rule", choices=list(RELU_RULES), default="standard")
     build.add_argument("--input-gradient", action="store_true", help="Also d score / d image.")
 
     zoo = sub.add_parser("zoo", help="Pretrained models (needs the zoo extra).").add_subparsers(

@@ -25,6 +25,19 @@ from .registry import (
     register,
 )
 
+RECTIFIERS = Option(
+    "all",
+    choice("all", "relu"),
+    "where the rule applies: every rectifying unit (Relu, Clip from 0 as in ReLU6) or Relu "
+    "nodes only (Captum's GuidedBackprop/Deconvolution, for parity)",
+)
+
+
+def rectifier_rule(rule: str, options: dict[str, Any]) -> str:
+    """The companion graph's ReLU rule for a guided/deconvnet method's options."""
+    return f"{rule}:relu" if options["rectifiers"] == "relu" else rule
+
+
 IG_RULES = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre")
 
 
@@ -84,7 +97,11 @@ def inputxgradient(
 
 
 @register(
-    "guided_backprop", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False, top_class=True
+    "guided_backprop",
+    "gradient",
+    {"batch_size": BATCH_SIZE, "rectifiers": RECTIFIERS},
+    uses_layers=False,
+    top_class=True,
 )
 def guided_backprop(
     runner: ModelRunner,
@@ -93,13 +110,20 @@ def guided_backprop(
     layers: Sequence[str],
     options: dict[str, Any],
 ) -> MethodOutput:
-    """Guided backpropagation (Springenberg et al. 2015): through each Relu the gradient is
-    g * (y > 0) * (g > 0); every other op keeps its true derivative."""
-    g, scores = input_gradient(runner, x, targets, rule="guided", batch_size=options["batch_size"])
+    """Guided backpropagation (Springenberg et al. 2015): through each rectifier the gradient
+    is g * [unit passes x] * (g > 0); every other op keeps its true derivative."""
+    rule = rectifier_rule("guided", options)
+    g, scores = input_gradient(runner, x, targets, rule=rule, batch_size=options["batch_size"])
     return MethodOutput("gradient", [g], scores, resolution="input")
 
 
-@register("deconvnet", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False, top_class=True)
+@register(
+    "deconvnet",
+    "gradient",
+    {"batch_size": BATCH_SIZE, "rectifiers": RECTIFIERS},
+    uses_layers=False,
+    top_class=True,
+)
 def deconvnet(
     runner: ModelRunner,
     x: np.ndarray,
@@ -107,11 +131,11 @@ def deconvnet(
     layers: Sequence[str],
     options: dict[str, Any],
 ) -> MethodOutput:
-    """Deconvnet (Zeiler & Fergus 2014): through each Relu the gradient is relu(g) (the
-    forward mask is ignored); max pools route to their argmax (the "switches")."""
-    g, scores = input_gradient(
-        runner, x, targets, rule="deconvnet", batch_size=options["batch_size"]
-    )
+    """Deconvnet (Zeiler & Fergus 2014): through each rectifier the gradient is relu(g) (the
+    forward mask is ignored; a ReLU6's flat top still blocks); max pools route to their
+    argmax (the "switches")."""
+    rule = rectifier_rule("deconvnet", options)
+    g, scores = input_gradient(runner, x, targets, rule=rule, batch_size=options["batch_size"])
     return MethodOutput("gradient", [g], scores, resolution="input")
 
 
@@ -125,6 +149,7 @@ def deconvnet(
             choice("bilinear", "nearest"),
             "upsampling of the Grad-CAM map to the input size",
         ),
+        "rectifiers": RECTIFIERS,
     },
     top_class=True,
 )
@@ -151,7 +176,12 @@ def guided_gradcam(
     ]
     weight = np.mean(cams, axis=0)
     guided, _ = input_gradient(
-        runner, x, targets, rule="guided", batch_size=options["batch_size"], classes=classes
+        runner,
+        x,
+        targets,
+        rule=rectifier_rule("guided", options),
+        batch_size=options["batch_size"],
+        classes=classes,
     )
     return MethodOutput(
         "gradient",

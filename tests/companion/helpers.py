@@ -93,3 +93,31 @@ class DeconvRelu(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
         return g.clamp(min=0)
+
+
+class GuidedRelu6(torch.autograd.Function):
+    """ReLU6 whose backward is guided backprop's rule: g * (0 < x < 6) * (g > 0)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(0, 6)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return g * ((x > 0) & (x < 6)) * (g > 0)
+
+
+class DeconvRelu6(torch.autograd.Function):
+    """ReLU6 whose backward is the deconvnet's rule: relu(g), still blocked above 6."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(0, 6)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return g.clamp(min=0) * (x < 6)

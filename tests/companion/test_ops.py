@@ -20,7 +20,15 @@ from onnx import helper, numpy_helper
 
 from models_store.companion import BuildOptions
 
-from .helpers import DeconvRelu, GuidedRelu, build_checked, rel_err, session
+from .helpers import (
+    DeconvRelu,
+    DeconvRelu6,
+    GuidedRelu,
+    GuidedRelu6,
+    build_checked,
+    rel_err,
+    session,
+)
 
 Tensors = dict[str, torch.Tensor]
 
@@ -393,6 +401,46 @@ ACTIVATION_CASES = [
         lambda t: F.relu6(t["x"]),
         {"lo": np.array(0.0), "hi": np.array(6.0)},
         data=away((0, 6), scale=4),
+    ),
+    Case(
+        "clip-relu6-guided",
+        "Clip",
+        X4,
+        lambda t: GuidedRelu6.apply(t["x"]),
+        {"lo": np.array(0.0), "hi": np.array(6.0)},
+        data=away((0, 6), scale=4),
+        rule="guided",
+        fd=False,
+    ),
+    Case(
+        "clip-relu6-deconvnet",
+        "Clip",
+        X4,
+        lambda t: DeconvRelu6.apply(t["x"]),
+        {"lo": np.array(0.0), "hi": np.array(6.0)},
+        data=away((0, 6), scale=4),
+        rule="deconvnet",
+        fd=False,
+    ),
+    Case(  # Captum's scope: only Relu nodes change, ReLU6 keeps its true derivative
+        "clip-relu6-guided-relu-only",
+        "Clip",
+        X4,
+        lambda t: F.relu6(t["x"]),
+        {"lo": np.array(0.0), "hi": np.array(6.0)},
+        data=away((0, 6), scale=4),
+        rule="guided:relu",
+        fd=False,
+    ),
+    Case(  # a lower bound other than 0 is no rectifier: the guided rule leaves it alone
+        "clip-shifted-guided",
+        "Clip",
+        X4,
+        lambda t: t["x"].clamp(-0.5, 6.0),
+        {"lo": np.array(-0.5), "hi": np.array(6.0)},
+        data=away((-0.5, 6), scale=4),
+        rule="guided",
+        fd=False,
     ),
     Case(
         "clip-min-only",

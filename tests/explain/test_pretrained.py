@@ -118,3 +118,20 @@ def test_model_randomisation_changes_gradcam_not_guided_backprop(effnet_setup: A
         )
         assert (max(rho_cam) if k == 1 else float(np.mean(rho_cam))) < 0.5
         assert np.isfinite(rho_gb)
+
+
+def test_guided_backprop_rectifies_at_relu6(effnet_setup: Any) -> None:
+    """EfficientNet-Lite0's rectifiers are ReLU6 (Clip from 0): guided backprop must apply its
+    rule there, so it differs from saliency; restricted to Relu nodes (Captum's scope) it has
+    nothing to touch and equals saliency."""
+    runner, _, x, _, _, _ = effnet_setup
+    row = x[:1]
+    target = [int(runner.forward(row)[0].argmax())]
+    saliency = run_method("saliency", runner, row, target, [], {}).maps[0]
+    guided = run_method("guided_backprop", runner, row, target, [], {}).maps[0]
+    relu_only = run_method("guided_backprop", runner, row, target, [], {"rectifiers": "relu"})
+    scale = float(np.abs(saliency).max())
+    assert float(np.abs(guided - saliency).max()) > 0.1 * scale
+    np.testing.assert_allclose(relu_only.maps[0], saliency, rtol=0, atol=1e-6 * scale)
+    # Not a rescaled saliency either: the rule changes where the map goes, not only its size.
+    assert np.corrcoef(guided.ravel(), saliency.ravel())[0, 1] < 0.9

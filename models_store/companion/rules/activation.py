@@ -1,9 +1,13 @@
 """Pointwise nonlinearities and the softmax family.
 
-Only ``Relu`` follows the requested ReLU rule (guided: g·(y>0)·(g>0), deconvnet: relu(g));
-every other activation (Clip/ReLU6, LeakyRelu, HardSwish, GELU, SiLU...) keeps its true
-derivative whatever the rule, as Captum's GuidedBackprop/Deconvolution do (they override
-nn.ReLU only). Where PyTorch's backward differs from the textbook at a kink we follow PyTorch.
+Guided backprop and the deconvnet change the backward rule at *rectifying units*: ``Relu``
+and ``Clip`` with a lower bound of exactly 0 (ReLU6 and its kin; the upper bound keeps its true
+mask, the unit is flat there). Guided: g·[unit passes x]·(g>0); deconvnet: relu(g)·[x below the
+upper bound]. A rule suffixed ``:relu`` ("guided:relu") restricts that to ``Relu`` nodes, as
+Captum's GuidedBackprop/Deconvolution do (they override nn.ReLU only). Every other activation
+(LeakyRelu, PRelu, HardSwish, GELU, SiLU...) keeps its true derivative whatever the rule: none of
+them zeroes a half-line, so none is a rectifier. Where PyTorch's backward differs from the
+textbook at a kink we follow PyTorch.
 """
 
 from __future__ import annotations
@@ -28,21 +32,39 @@ def relu(ctx: RuleContext) -> list[str | None]:
     return [ctx.emit("Mul", g, alive)]
 
 
+def _clip_bound(ctx: RuleContext, index: int) -> str | None:
+    """Clip's lower (1) or upper (2) bound tensor, from the input or the opset < 11 attribute."""
+    if ctx.has_input(index):
+        return ctx.x(index)
+    attr = ctx.attr("min" if index == 1 else "max")
+    return None if attr is None else ctx.scalar(attr)
+
+
+def _rectifies(ctx: RuleContext) -> bool:
+    """Clip whose lower bound is a build-time 0: a rectifier (ReLU6 and kin)."""
+    if ctx.has_input(1):
+        low = ctx.constant(ctx.x(1))
+        return low is not None and low.size == 1 and float(low.reshape(-1)[0]) == 0.0
+    return ctx.attr("min") == 0.0
+
+
 @vjp("Clip")
 def clip(ctx: RuleContext) -> list[str | None]:
     # PyTorch's hardtanh backward passes the gradient only strictly inside (min, max).
     g, x = ctx.grad_out(0), ctx.x(0)
-    inside = None
-    for index, op in ((1, "Greater"), (2, "Less")):
-        bound = ctx.x(index) if ctx.has_input(index) else None
-        if bound is None:
-            attr = ctx.attr("min" if index == 1 else "max")  # opset < 11 form
-            if attr is None:
-                continue
-            bound = ctx.scalar(attr)
-        test = ctx.emit(op, x, bound)
-        inside = test if inside is None else ctx.emit("And", inside, test)
-    return [g if inside is None else ctx.emit("Mul", g, ctx.mask(inside))]
+    low, high = _clip_bound(ctx, 1), _clip_bound(ctx, 2)
+    rule = ctx.rectifier_rule if _rectifies(ctx) else "standard"
+    below_high = ctx.emit("Less", x, high) if high is not None else None
+    if rule == "deconvnet":  # relu(g), the flat top still blocks
+        g = ctx.emit("Relu", g)
+        return [g if below_high is None else ctx.emit("Mul", g, ctx.mask(below_high)), None, None]
+    inside = below_high
+    if low is not None:
+        above_low = ctx.emit("Greater", x, low)
+        inside = above_low if inside is None else ctx.emit("And", above_low, inside)
+    if rule == "guided":
+        g = ctx.emit("Relu", g)
+    return [g if inside is None else ctx.emit("Mul", g, ctx.mask(inside)), None, None]
 
 
 def _two_slopes(ctx: RuleContext, slope: str, one_minus_slope: str) -> str:
