@@ -80,9 +80,10 @@ def build_companion(
             raise LayerNotFound(f"layer {layer!r} is not a tensor of the graph")
     score_name = src.resolve_score(score)
     image = src.inputs[0]
-    sweep = _Sweep(src, score_name, layers, image if input_gradient else None, rule, options)
+    pixels = _first_float(src, image) if input_gradient else None
+    sweep = _Sweep(src, score_name, layers, pixels, rule, options)
     layer_grads = [sweep.gradient_of(layer) for layer in layers]
-    image_grad = sweep.gradient_of(image) if input_gradient else None
+    image_grad = sweep.gradient_of(pixels) if pixels else None
 
     taken = sweep.taken
     out_names: dict[str, str] = {}
@@ -111,7 +112,7 @@ def build_companion(
     for i, (layer, g) in enumerate(zip(layers, layer_grads, strict=True)):
         acts.append(expose(layer, f"activation_{i}", layer))
         grads.append(expose(g, f"gradient_{i}", layer))
-    image_out = expose(image_grad, "input_gradient", image) if image_grad else None
+    image_out = expose(image_grad, "input_gradient", pixels) if image_grad and pixels else None
 
     companion = onnx.ModelProto()
     companion.ir_version = src.model.ir_version
@@ -128,6 +129,26 @@ def build_companion(
         input_gradient=image_out,
     )
     return companion, spec
+
+
+def _first_float(src: SourceGraph, image: str) -> str:
+    """The tensor the input gradient is taken at: the image input itself, or, for a model fed
+    integer pixels (uint8 with preprocessing in the graph), the first floating-point tensor
+    computed from it (its Cast), which has the image's shape."""
+    if src.is_float(image):
+        return image
+    tensor = image
+    for _ in range(8):  # Cast, or Identity/Reshape plumbing before it
+        nodes = src.consumers.get(tensor, [])
+        if len(nodes) != 1 or len(nodes[0].output) != 1:
+            break
+        tensor = nodes[0].output[0]
+        if src.is_float(tensor):
+            return tensor
+    raise UnsupportedModel(
+        f"the image input {image!r} is not floating point and no single floating-point tensor "
+        "follows it (a Cast), so there is no pixel gradient to take"
+    )
 
 
 class _Sweep:

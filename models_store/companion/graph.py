@@ -326,5 +326,8 @@ def describe(node: onnx.NodeProto) -> str:
     return f"{node.op_type} {node.name or node.output[0]!r}"
 
 
-def format_path(path: Sequence[str]) -> str:
+def format_path(path: Sequence[str], keep: int = 6) -> str:
+    """``a -> b -> ...`` with long paths cut in the middle (the ends say where it is)."""
+    if len(path) > 2 * keep + 1:
+        path = [*path[:keep], f"... ({len(path) - 2 * keep} nodes) ...", *path[-keep:]]
     return " -> ".join(path)

@@ -255,3 +255,40 @@ def test_keras_style_nhwc_graph_matches_torch() -> None:
     np.testing.assert_allclose(outs["score"], logits.detach().numpy(), rtol=1e-5, atol=1e-5)
     for ours, ref in ((outs["input_gradient"], g_x), (outs["gradient_0"], g_relu)):
         assert np.abs(ours - ref.numpy()).max() <= 1e-5 * np.abs(ref.numpy()).max()
+
+
+def _uint8_twin() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """tiny() fed uint8 pixels with its preprocessing ((p / 255 - 0.5) / 0.25) in the graph,
+    and the float model that preprocessing feeds."""
+    float_model = tiny(head=None)
+    model = onnx.ModelProto()
+    model.CopyFrom(float_model)
+    graph = model.graph
+    pre = [
+        helper.make_node("Cast", ["pixels"], ["pixels_f"], to=TensorProto.FLOAT, name="cast"),
+        helper.make_node("Div", ["pixels_f", "k255"], ["unit"], name="scale"),
+        helper.make_node("Sub", ["unit", "half"], ["centred"], name="centre"),
+        helper.make_node("Div", ["centred", "quarter"], ["image"], name="normalise"),
+    ]
+    nodes = [*pre, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for name, value in (("k255", 255.0), ("half", 0.5), ("quarter", 0.25)):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", 3, 6, 6]))
+    return model, float_model
+
+
+def test_integer_pixels_differentiate_from_the_first_float_tensor() -> None:
+    model, float_model = _uint8_twin()
+    companion, spec = build_checked(model, ["relu"], input_gradient=True)
+    reference, ref_spec = build_checked(float_model, ["relu"], input_gradient=True)
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 3, 6, 6)).astype(np.uint8)
+    image = ((pixels.astype(np.float32) / 255 - 0.5) / 0.25).astype(np.float32)
+    seed = np.eye(2, 5, dtype=np.float32)
+    ours = session(companion).run(None, {"pixels": pixels, spec.seed: seed})
+    ref = session(reference).run(None, {"image": image, ref_spec.seed: seed})
+    # d/d(cast pixels) = d/d(image) / (255 * 0.25): the chain rule through the preprocessing
+    np.testing.assert_allclose(ours[-1], ref[-1] / (255 * 0.25), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ours[2], ref[2], rtol=1e-5, atol=1e-6)  # the layer gradient

@@ -340,6 +340,28 @@ LINEAR_CASES = [
     ),
     Case("matmul-1d-left", "MatMul", {"a": (5,), "b": (2, 5, 3)}, lambda t: t["a"] @ t["b"]),
     Case("matmul-1d-right", "MatMul", {"a": (2, 4, 5), "b": (5,)}, lambda t: t["a"] @ t["b"]),
+    Case(  # attention scores and values, both operands differentiated (MaxViT)
+        "einsum-attention",
+        "Einsum",
+        {"a": (2, 3, 4, 5), "b": (2, 3, 5, 6)},
+        lambda t: torch.einsum("bhij,bhjd->bhid", t["a"], t["b"]),
+        attrs={"equation": "bhij,bhjd->bhid"},
+    ),
+    Case(
+        "einsum-ellipsis-weight",
+        "Einsum",
+        {"a": (2, 3, 4)},
+        lambda t: torch.einsum("...ij,jk->...ik", t["a"], t["w"]),
+        {"w": RNG.normal(size=(4, 5))},
+        attrs={"equation": "...ij,jk->...ik"},
+    ),
+    Case(
+        "einsum-implicit-sum",
+        "Einsum",
+        {"a": (2, 3, 4), "b": (4, 3)},
+        lambda t: torch.einsum("nij,ji", t["a"], t["b"]),
+        attrs={"equation": "nij,ji"},
+    ),
 ]
 
 NORM_CASES = [
@@ -667,6 +689,42 @@ SHAPE_CASES = [
             "en": np.array([0], I64),
             "ax": np.array([1], I64),
             "sp": np.array([-1], I64),
+        },
+    ),
+    Case(  # Swin's patch merging: x[..., 0::2, 1::2, :]
+        "slice-step2",
+        "Slice",
+        {"x": (2, 6, 7, 3)},
+        lambda t: t["x"][:, 0::2, 1::2],
+        {
+            "st": np.array([0, 1], I64),
+            "en": np.array([2**63 - 1, 2**63 - 1], I64),
+            "ax": np.array([1, 2], I64),
+            "sp": np.array([2, 2], I64),
+        },
+    ),
+    Case(
+        "slice-step3-cut",
+        "Slice",
+        {"x": (2, 10, 4)},
+        lambda t: t["x"][:, 1:8:3],
+        {
+            "st": np.array([1], I64),
+            "en": np.array([8], I64),
+            "ax": np.array([1], I64),
+            "sp": np.array([3], I64),
+        },
+    ),
+    Case(
+        "slice-step-minus2",
+        "Slice",
+        {"x": (2, 7, 3)},
+        lambda t: t["x"].flip(1)[:, ::2],
+        {
+            "st": np.array([-1], I64),
+            "en": np.array([-(2**63)], I64),
+            "ax": np.array([1], I64),
+            "sp": np.array([-2], I64),
         },
     ),
     Case(

@@ -1,7 +1,9 @@
-"""Gemm and MatMul. Weight gradients are never requested (weights are constants); the rules
+"""Gemm, MatMul and Einsum. Weight gradients are never requested (weights are constants); the rules
 still give the second operand's gradient when it depends on the input (attention-like MatMul)."""
 
 from __future__ import annotations
+
+from models_store.errors import UnsupportedModel
 
 from ..context import RuleContext, broadcast_shape, vjp
 
@@ -71,3 +73,67 @@ def matmul(ctx: RuleContext) -> list[str | None]:
             db = ctx.reduce_sum(db, axes, keepdims=False)
         grads[1] = db
     return grads
+
+
+def _einsum_terms(equation: str, n_inputs: int) -> tuple[list[str], str]:
+    """Operand subscripts and the output's, the implicit form made explicit."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != n_inputs:
+        raise UnsupportedModel(f"Einsum equation {equation!r} does not match {n_inputs} operands")
+    if not arrow:  # implicit: the letters that occur once, alphabetically
+        letters = "".join(terms).replace(".", "")
+        rhs = ("..." if "..." in lhs else "") + "".join(
+            sorted(c for c in set(letters) if letters.count(c) == 1)
+        )
+    return terms, rhs
+
+
+@vjp("Einsum")
+def einsum(ctx: RuleContext) -> list[str | None]:
+    """dA = einsum("out, others -> A", g, others...): an operand's gradient contracts the
+    output gradient with every other operand. Needs each of A's letters in the output or in
+    another operand, and no letter twice in A (a diagonal); broadcasting ellipses only when
+    every operand's ellipsis has the output's shape."""
+    equation = ctx.attr("equation")
+    n = ctx.n_inputs()
+    terms, out = _einsum_terms(equation, n)
+    g = ctx.grad_out(0)
+    grads: list[str | None] = []
+    for i, term in enumerate(terms):
+        if not ctx.needs(i):
+            grads.append(None)
+            continue
+        letters = term.replace("...", "")
+        others = [t for j, t in enumerate(terms) if j != i]
+        elsewhere = set(out.replace("...", "")) | set("".join(others).replace("...", ""))
+        if len(set(letters)) != len(letters) or not set(letters) <= elsewhere:
+            raise UnsupportedModel(
+                f"Einsum {ctx.node.name!r} ({equation!r}): operand {i} has a repeated or "
+                "summed-only subscript; no gradient rule"
+            )
+        if "..." in term and _ellipsis_broadcasts(ctx, terms, out):
+            raise UnsupportedModel(
+                f"Einsum {ctx.node.name!r} ({equation!r}): broadcasting ellipsis; no gradient rule"
+            )
+        inputs = [g, *[ctx.x(j) for j in range(n) if j != i]]
+        grads.append(ctx.emit("Einsum", *inputs, equation=f"{','.join([out, *others])}->{term}"))
+    return grads
+
+
+def _ellipsis_broadcasts(ctx: RuleContext, terms: list[str], out: str) -> bool:
+    """True unless every operand's ellipsis dims equal the output's (then no unbroadcast)."""
+    out_shape = ctx.shape(ctx.y(0))
+    width = len(out_shape) - len(out.replace("...", ""))
+    lead = out.index("...") if "..." in out else 0
+    expected = out_shape[lead : lead + width]
+    for j, term in enumerate(terms):
+        if "..." not in term:
+            continue
+        shape = ctx.shape(ctx.x(j))
+        start = term.index("...")
+        mine = shape[start : start + len(shape) - len(term.replace("...", ""))]
+        if tuple(mine) != tuple(expected):
+            return True
+    return False

@@ -77,8 +77,34 @@ def split(ctx: RuleContext) -> list[str | None]:
     return [parts[0] if len(parts) == 1 else ctx.emit("Concat", *parts, axis=axis), None]
 
 
+def _picked(start: int, end: int, step: int, dim: int) -> range:
+    """The indices a Slice takes along one axis (ONNX's clamping, then Python's range)."""
+    if start < 0:
+        start += dim
+    if end < 0:
+        end += dim
+    if step > 0:
+        start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+    else:
+        start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    return range(start, end, step)
+
+
+def _stuff(ctx: RuleContext, g: str, axis: int, rank: int, stride: int) -> str:
+    """g with stride - 1 zeros after every element along ``axis`` (no scatter): move the
+    axis last, append a zero-padded unit axis, merge the two."""
+    perm = [*[a for a in range(rank) if a != axis], axis]
+    inverse = [perm.index(a) for a in range(rank)]
+    moved = ctx.emit("Transpose", g, perm=perm) if axis != rank - 1 else g
+    grown = ctx.pad(ctx.unsqueeze(moved, [rank]), [0] * (2 * rank + 1) + [stride - 1])
+    merged = ctx.emit("Reshape", grown, ctx.ints([0] * (rank - 1) + [-1]))
+    return ctx.emit("Transpose", merged, perm=inverse) if axis != rank - 1 else merged
+
+
 @vjp("Slice")
 def slice_(ctx: RuleContext) -> list[str | None]:
+    """dX: g put back where the slice took it, zeros elsewhere. Unit steps pad; a reversed
+    axis flips first; a stride k zero-stuffs by k first (each axis independent)."""
     x = ctx.x(0)
     shape = ctx.shape(x)
     rank = len(shape)
@@ -97,6 +123,7 @@ def slice_(ctx: RuleContext) -> list[str | None]:
     g = ctx.grad_out(0)
     pads = [0] * (2 * rank)
     flip_axes = []
+    strided: list[tuple[int, int]] = []
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
         axis %= rank
         dim = shape[axis]
@@ -104,17 +131,15 @@ def slice_(ctx: RuleContext) -> list[str | None]:
             if step == 1 and start == 0 and end >= _HUGE:
                 continue
             raise UnsupportedModel(f"Slice {ctx.node.name!r} cuts a dynamic axis")
-        if step == 1:
-            lo = min(max(start + dim if start < 0 else start, 0), dim)
-            hi = min(max(end + dim if end < 0 else end, 0), dim)
-            hi = max(hi, lo)
-        elif step == -1:
-            first = min(max(start + dim if start < 0 else start, 0), dim - 1)
-            stop = min(max(end + dim if end < 0 else end, -1), dim - 1)
-            lo, hi = stop + 1, first + 1
+        picked = _picked(start, end, step, dim)
+        if step < 0:
             flip_axes.append(axis)
-        else:
-            raise UnsupportedModel(f"Slice {ctx.node.name!r}: step {step} is not supported")
+        if not picked:
+            raise UnsupportedModel(f"Slice {ctx.node.name!r} takes nothing along axis {axis}")
+        lo, hi = min(picked), max(picked) + 1
+        if abs(step) > 1:
+            strided.append((axis, abs(step)))
+            hi = lo + len(picked) * abs(step)  # the stuffed gradient's extent
         pads[axis], pads[rank + axis] = lo, dim - hi
     if flip_axes:
         n = len(flip_axes)
@@ -126,7 +151,9 @@ def slice_(ctx: RuleContext) -> list[str | None]:
             ctx.ints(flip_axes),
             ctx.ints([-1] * n),
         )
-    if any(pads):
+    for axis, stride in strided:
+        g = _stuff(ctx, g, axis, rank, stride)
+    if any(pads):  # negative "after" pads crop the stuffing's trailing zeros
         g = ctx.pad(g, pads)
     return [g, None, None, None, None]
 
