@@ -74,14 +74,9 @@ def settle(
         if runs[0][name].size <= _FREEZE_LIMIT
         and all(np.array_equal(r[name], runs[0][name]) for r in runs[1:])
     }
-    if frozen:
+    if frozen:  # the probe's values stay valid: freezing changes no tensor's value
         model, value_infos = fold_and_infer(_freeze(model, frozen))
-        incomplete = _incomplete(model, value_infos)
-        if not incomplete:
-            return model, value_infos
-        runs = _probe(model, inputs, sorted(incomplete), batches)
-        if runs is None:
-            return model, value_infos
+        incomplete = _incomplete(model, value_infos) & incomplete
     return model, _complete(value_infos, incomplete, runs, batches, symbol)
 
 
