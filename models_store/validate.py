@@ -14,6 +14,7 @@ from onnx import TensorProto
 
 from models_store.errors import InvalidCard, InvalidModel
 from models_store.graph import TensorInfo, graph_inputs, graph_outputs
+from models_store.inspect import detect_input_layout
 from schemas.card import ModelCard
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
@@ -86,20 +87,56 @@ def image_input(model: onnx.ModelProto, card: ModelCard) -> TensorInfo:
             " an image input must have rank 4"
         )
     spec = card.input
+    layout = input_layout(model, card, tensor.name)
     expected = (
         {1: spec.channels, 2: spec.height, 3: spec.width}
-        if spec.layout == "NCHW"
+        if layout == "NCHW"
         else {1: spec.height, 2: spec.width, 3: spec.channels}
     )
-    axis_names = spec.layout
+    how = "detected from the graph" if spec.layout == "auto" else "the card's input.layout"
     for axis, want in expected.items():
         dim = tensor.shape[axis]
         if isinstance(dim, int) and dim != want:
             raise InvalidCard(
-                f"the card says {axis_names[axis]}={want} ({spec.layout}) but input"
+                f"the card says {layout[axis]}={want} (layout {layout}, {how}) but input"
                 f" {tensor.name!r} has shape {tensor.shape}"
             )
+    check_input_dtype(tensor, card)
     return tensor
+
+
+INPUT_DTYPES = ("float32", "float16", "uint8")
+
+
+def input_layout(model: onnx.ModelProto, card: ModelCard, image: str) -> str:
+    """The layout the image input is fed in: the card's ``input.layout`` when it names one
+    (an override), else the one detected from the graph, else NCHW (ambiguous graphs)."""
+    if card.input.layout != "auto":
+        return card.input.layout
+    return detect_input_layout(model, image, (card.input.channels,)) or "NCHW"
+
+
+def check_input_dtype(tensor: TensorInfo, card: ModelCard) -> None:
+    """float32 / float16 inputs get ``(pixel * scale - mean) / std``; uint8 inputs (the graph
+    normalises itself) get the pixels 0..255 as they are, so a card that asks for another
+    scaling of them is refused rather than silently ignored."""
+    if tensor.dtype not in INPUT_DTYPES:
+        raise InvalidModel(
+            f"input {tensor.name!r} has dtype {tensor.dtype}; supported image inputs are"
+            f" {', '.join(INPUT_DTYPES)}"
+        )
+    if tensor.dtype == "uint8":
+        spec = card.input
+        chosen = spec.model_fields_set & {"scale", "mean", "std"}
+        values = {"scale": [spec.scale], "mean": spec.mean, "std": spec.std}
+        identity = {"scale": 1.0, "mean": 0.0, "std": 1.0}
+        bad = [f for f in sorted(chosen) if any(float(v) != identity[f] for v in values[f])]
+        if bad:
+            raise InvalidCard(
+                f"input {tensor.name!r} is uint8: the model receives the pixels 0..255 as they"
+                f" are, so input.{'/'.join(bad)} cannot apply; leave them out (or set scale 1,"
+                " mean [0], std [1])"
+            )
 
 
 def score_output(model: onnx.ModelProto, card: ModelCard) -> TensorInfo:

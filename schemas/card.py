@@ -21,7 +21,12 @@ class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, description="Graph input name; null = the single image input.")
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    layout: Literal["auto", "NCHW", "NHWC"] = Field(
+        "auto",
+        description="Axis order of the image input; auto = detected from the graph (its shape,"
+        " else its first Transpose/Conv), NCHW where the graph does not tell. NCHW or NHWC"
+        " override the detection.",
+    )
     height: int = Field(224, ge=1, le=8192)
     width: int = Field(224, ge=1, le=8192)
     color: Literal["RGB", "BGR", "L"] = "RGB"
@@ -29,7 +34,11 @@ class InputSpec(BaseModel):
     resize_shorter: int | None = Field(
         None, ge=1, le=16384, description="center_crop: shorter side resized to this first."
     )
-    scale: float = Field(1 / 255, description="Pixel values (0..255) are multiplied by this.")
+    scale: float = Field(
+        1 / 255,
+        description="Pixel values (0..255) are multiplied by this (float inputs; a uint8 input"
+        " gets the pixels as they are).",
+    )
     mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
 

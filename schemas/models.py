@@ -41,6 +41,11 @@ class LayerInfo(BaseModel):
     op_type: str
     shape: list[int | str | None]
     spatial: bool
+    layout: str = Field(
+        "NCHW",
+        description="Axis order of the tensor (letters N, C, H, W): NCHW, or e.g. NHWC in a"
+        " graph exported from Keras. Activations and CAMs read the channels from it.",
+    )
 
 
 class LayerList(BaseModel):

@@ -29,6 +29,7 @@ from service.api.problems import summarize_errors, validation_errors
 from service.errors import PayloadTooLarge
 from service.imaging.decode import decode_base64_image, decode_image
 from service.pipeline.explain import explain
+from service.pipeline.layout import input_plan
 from service.pipeline.predict import predict_images, predict_tensor
 from service.settings import Settings
 from service.state import AppState
@@ -302,7 +303,7 @@ def _v2_images(
             x = np.frombuffer(binary[:size], "<f4")
         else:
             x = np.asarray(tensor.get("data"), dtype=np.float32)
-        spec = record.card.input
+        spec = input_plan(record).spec  # the layout resolved (card override or detected)
         want = (
             (spec.channels, spec.height, spec.width)
             if spec.layout == "NCHW"

@@ -25,6 +25,7 @@ from schemas.models import (
 from service.api.deps import AdminDep, StateDep
 from service.api.problems import summarize_errors, validation_errors
 from service.errors import PayloadTooLarge
+from service.pipeline.layout import input_plan, layer_layouts
 from service.state import AppState
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -38,7 +39,12 @@ def model_info(state: AppState, record: ModelRecord) -> ModelInfo:
         version=record.version,
         versions=state.store.versions(record.name),
         sha256=record.sha256,
-        card=record.card,
+        # `layout: auto` shown as what it resolved to (detected from the graph)
+        card=record.card.model_copy(
+            update={
+                "input": record.card.input.model_copy(update={"layout": input_plan(record).layout})
+            }
+        ),
         inputs=[TensorSpec(**vars(t)) for t in graph_inputs(record.model)],
         outputs=[TensorSpec(**vars(t)) for t in graph_outputs(record.model)],
         default_layer=state.default_layer(record),
@@ -136,6 +142,7 @@ def delete_model(name: str, state: StateDep, version: VersionQuery = None) -> De
 def list_layers(name: str, state: StateDep, version: VersionQuery = None) -> LayerList:
     record = state.store.resolve(name, version)
     summary = state.summary(record)
+    layouts = layer_layouts(record)  # from the input layout in use (the card's or detected)
     return LayerList(
         layers=[
             LayerInfo(
@@ -143,6 +150,7 @@ def list_layers(name: str, state: StateDep, version: VersionQuery = None) -> Lay
                 op_type=layer.op_type,
                 shape=list(layer.shape),
                 spatial=layer.spatial,
+                layout=layouts.get(layer.name, layer.layout),
             )
             for layer in summary.layers
         ],

@@ -1,8 +1,9 @@
 """Explanation methods on numpy arrays (no HTTP): CAM family, gradient maps, perturbations.
 
 Entry point :func:`run_method`. Inputs are preprocessed NCHW rows, one per (image, target);
-the methods run through a :class:`service.runtime.runner.ModelRunner`. Formulas, papers,
-options and conventions: docs/methods.md.
+the methods run through a :class:`service.runtime.runner.ModelRunner`, wrapped in a
+:class:`~service.explain.layout.CanonicalRunner` for models whose input or layers are not
+NCHW (NHWC Keras exports). Formulas, papers, options and conventions: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from . import cam as _cam  # noqa: F401  (registers the methods)
 from . import gradients as _gradients  # noqa: F401
 from . import perturbation as _perturbation  # noqa: F401
 from .cam import fuse_maps
+from .layout import CanonicalRunner
 from .registry import METHODS, Method, MethodOutput, get_method, resolve_options
 
 __all__ = [
     "METHODS",
+    "CanonicalRunner",
     "Method",
     "MethodOutput",
     "fuse_maps",

@@ -188,6 +188,7 @@ def eigencam(
 
 _SPATIAL_MEAN = ("GlobalAveragePool", "ReduceMean")
 _PLUMBING = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
+_SCORE_ACTIVATIONS = ("Softmax", "Sigmoid", "LogSoftmax")
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
@@ -197,9 +198,12 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default
 
 
-def classifier_weights(model: onnx.ModelProto, layer: str, score: str) -> np.ndarray:
+def classifier_weights(
+    model: onnx.ModelProto, layer: str, score: str, spatial_axes: tuple[int, int] = (2, 3)
+) -> np.ndarray:
     """W (classes, channels) of the ``layer -> GAP -> (Flatten) -> Linear -> score`` head, or
-    UnsupportedModel saying which step is missing."""
+    UnsupportedModel saying which step is missing. ``spatial_axes``: where the layer tensor
+    keeps H and W (2, 3 in NCHW; 1, 2 for an NHWC tensor pooled by ReduceMean)."""
     consts = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.output:
@@ -236,7 +240,7 @@ def classifier_weights(model: onnx.ModelProto, layer: str, score: str) -> np.nda
         if axes is None and len(node.input) > 1:
             c = const(node.input[1])
             axes = None if c is None else c.tolist()
-        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+        if axes is None or sorted(int(a) % 4 for a in axes) != sorted(spatial_axes):
             raise fail(f"ReduceMean {node.name!r} does not average exactly the spatial axes")
     tensor = node.output[0]
     node = only_consumer(tensor)
@@ -265,10 +269,17 @@ def classifier_weights(model: onnx.ModelProto, layer: str, score: str) -> np.nda
         raise fail(f"after the pooling comes {node.op_type}, not a Linear layer")
     while out != score:
         nxt = consumers.get(out, [])
-        if len(nxt) != 1 or nxt[0].op_type not in _PLUMBING:
+        # a trailing Softmax/Sigmoid (every Keras classifier has one): the CAM is of the
+        # logit, the same pre-activation score every other method explains
+        if len(nxt) != 1 or nxt[0].op_type not in (*_PLUMBING, *_SCORE_ACTIVATIONS):
             raise fail(f"the Linear layer's output {out!r} is not the score {score!r}")
         out = nxt[0].output[0]
     return np.asarray(w, dtype=np.float64)
+
+
+def _spatial_axes(runner: ModelRunner, layer: str) -> tuple[int, int]:
+    layout = getattr(runner, "layer_layout", lambda _: "NCHW")(layer)
+    return layout.index("H"), layout.index("W")
 
 
 @register("cam", "cam", CAM_OPTIONS, top_class=True)
@@ -281,7 +292,10 @@ def cam(
 ) -> MethodOutput:
     """CAM (Zhou et al. 2016): w_k = W_fc[c, k] for a layer that feeds GlobalAveragePool ->
     (Flatten) -> Linear; elsewhere an error suggesting gradcam."""
-    weights = [classifier_weights(runner.model, layer, runner.score_output) for layer in layers]
+    weights = [
+        classifier_weights(runner.model, layer, runner.score_output, _spatial_axes(runner, layer))
+        for layer in layers
+    ]
     scores, acts = runner.forward(x, extra=layers, batch_size=options["batch_size"])
     idx = np.asarray(targets, dtype=np.intp)
     idx = np.where(idx == TOP_CLASS, scores.argmax(axis=1), idx)  # the same run's top class

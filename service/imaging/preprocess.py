@@ -139,13 +139,14 @@ def preprocess_with_geometry(
             pixels = pixels[:, :, ::-1]
         batch[i] = (pixels.astype(np.float32) * scale - mean) / std
         geometries.append(geometry)
-    if spec.layout == "NCHW":
+    if spec.layout != "NHWC":  # NCHW, or auto: resolving it needs the graph (service.pipeline)
         batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
     return batch, geometries
 
 
 def preprocess(images: Sequence[Image.Image], spec: InputSpec) -> np.ndarray:
-    """Images -> float32 (N, C, H, W) or (N, H, W, C) per ``spec.layout``."""
+    """Images -> float32 (N, C, H, W) or (N, H, W, C) per ``spec.layout`` (``auto``, which
+    only the graph can resolve, gives NCHW; service.pipeline.layout passes the resolved one)."""
     return preprocess_with_geometry(images, spec)[0]
 
 

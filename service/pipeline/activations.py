@@ -21,6 +21,7 @@ from service.imaging.preprocess import preprocess
 from service.imaging.render import encode_png, to_base64
 from service.imaging.tiles import filter_mosaic, tile_grid
 from service.pipeline.explain import resolve_layers
+from service.pipeline.layout import canonical_runner, input_plan
 from service.state import AppState
 
 
@@ -32,17 +33,14 @@ def activations(
     for name in layers:
         if len(summary.layer(name).shape) != 4:
             raise ProblemError(f"layer {name!r} is not a (N, C, h, w) feature map")
-    runner = state.runner(record)
-    x = preprocess(images, record.card.input)
+    # NCHW rows in, (N, C, h, w) maps out whatever the layouts of the input and the layers
+    runner = canonical_runner(state, record)
+    x = preprocess(images, input_plan(record).nchw)
     _, maps = runner.forward(x, extra=layers)
-    nhwc = record.card.input.layout == "NHWC"
     results = []
     for i in range(len(images)):
         for name, batch in zip(layers, maps, strict=True):
-            a = batch[i]
-            if nhwc and summary.layer(name).op_type == "Transpose":
-                a = a.transpose(2, 0, 1)
-            results.append(_one(i, name, a, body))
+            results.append(_one(i, name, batch[i], body))
     return results, runner.provider
 
 

@@ -38,6 +38,7 @@ from service.imaging.render import (
     to_base64,
 )
 from service.pipeline.heatmaps import finish, fuse_cam_layers, gradient_map
+from service.pipeline.layout import canonical_runner, input_plan
 from service.pipeline.limits import check_work
 from service.pipeline.targets import resolve_targets
 from service.scores import class_score, probabilities
@@ -67,8 +68,9 @@ def explain(
     card = record.card
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    x, geometries = preprocess_with_geometry(images, card.input)
-    runner = state.runner(record)
+    # canonical NCHW rows; the runner feeds the model its own layout and dtype
+    x, geometries = preprocess_with_geometry(images, input_plan(record).nchw)
+    runner = canonical_runner(state, record)
     layers = resolve_layers(state, record, body.layer)
     check_work(
         state.settings,

@@ -10,6 +10,7 @@ from PIL import Image
 
 from models_store.store import ModelRecord
 from service.imaging.preprocess import preprocess
+from service.pipeline.layout import input_plan, to_input_dtype
 from service.scores import ClassScore, top_k
 from service.state import AppState
 
@@ -25,16 +26,20 @@ class Predicted:
 def predict_images(
     state: AppState, record: ModelRecord, images: list[Image.Image], k: int
 ) -> Predicted:
-    return predict_tensor(state, record, preprocess(images, record.card.input), k)
+    return predict_tensor(state, record, preprocess(images, input_plan(record).spec), k)
 
 
 def predict_tensor(state: AppState, record: ModelRecord, x: np.ndarray, k: int) -> Predicted:
+    """``x``: the preprocessed batch in the model's input layout (float; cast here to the
+    dtype the graph input declares)."""
     card = record.card
+    plan = input_plan(record)
+    x = to_input_dtype(x, plan)
     session = state.session(record)
     started = time.perf_counter()
     (scores,) = state.batched(record.model_path).run(
-        [card.output.name],
-        {card.input.name: x},  # type: ignore[dict-item]
+        [card.output.name],  # type: ignore[list-item]
+        {plan.image: x},
     )
     took = (time.perf_counter() - started) * 1000
     return Predicted(scores, top_k(scores, card, k), session.provider, took)

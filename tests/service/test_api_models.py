@@ -63,6 +63,7 @@ def test_register_list_get_delete(client: TestClient, tiny_model: bytes) -> None
         "op_type": "Conv",
         "shape": ["N", 4, 8, 8],
         "spatial": True,
+        "layout": "NCHW",
     }
 
     deleted = client.delete("/v1/models/tiny")

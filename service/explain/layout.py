@@ -1,0 +1,138 @@
+"""The methods' NCHW view of a model whose input or layer tensors use another axis order.
+
+The explanation methods work on canonical tensors: input rows (R, C, H, W) and layer tensors
+(R, K, h, w). A Keras model exported by tf2onnx takes (N, H, W, C) and may hold layer tensors
+either way round (tf2onnx keeps Conv in ONNX's NCHW and inserts Transposes, sometimes leaving
+NHWC tensors before the pooling). :class:`CanonicalRunner` wraps a
+:class:`~service.runtime.runner.ModelRunner` and translates at the boundary, so every method,
+unchanged, sees canonical tensors:
+
+* inputs are transposed from NCHW to the model's input layout before each run, and the input
+  gradient back to NCHW;
+* layer activations and gradients come back in NCHW whatever the layer's layout
+  (``layer_layouts``, from :func:`models_store.inspect.tensor_layouts`), and activations
+  handed back to the graph (ablation's head, its channel masks) go back to the layer's layout.
+
+Where everything is NCHW the wrapper passes arrays through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models_store.errors import ProblemError
+from models_store.inspect import NCHW, from_canonical, to_canonical
+from service.runtime.runner import Gradients, ModelRunner
+
+__all__ = ["CanonicalRunner"]
+
+
+def _move(a: np.ndarray, perm: tuple[int, ...]) -> np.ndarray:
+    if perm == (0, 1, 2, 3):
+        return a
+    if a.ndim != 4:
+        raise ProblemError(f"expected a rank-4 tensor to reorder, got shape {a.shape}")
+    return np.ascontiguousarray(a.transpose(perm))
+
+
+# a ModelRunner to the type checker (the methods are typed against it); at run time a plain
+# wrapper whose every other attribute (model, provider, score_output, ...) is the inner one's
+_Base = ModelRunner if TYPE_CHECKING else object
+
+
+class CanonicalRunner(_Base):  # type: ignore[misc,valid-type]
+    """A :class:`ModelRunner` that takes and returns NCHW tensors (see the module docstring).
+
+    It delegates every run to ``inner``; it holds no graph or session of its own."""
+
+    def __init__(
+        self,
+        inner: ModelRunner,
+        input_layout: str = NCHW,
+        layer_layouts: Mapping[str, str] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.input_layout = input_layout
+        self.layer_layouts = dict(layer_layouts or {})
+
+    def __getattr__(self, name: str) -> Any:  # only for what this class does not define
+        return getattr(self.inner, name)
+
+    # -- layouts ----------------------------------------------------------------------------
+
+    def layer_layout(self, layer: str) -> str:
+        """The axis order of ``layer`` in the graph (NCHW unless the graph says otherwise)."""
+        return self.layer_layouts.get(layer, NCHW)
+
+    def to_model(self, x: np.ndarray) -> np.ndarray:
+        """NCHW rows -> the model's input layout."""
+        return _move(np.asarray(x), from_canonical(self.input_layout))
+
+    def from_model(self, x: np.ndarray) -> np.ndarray:
+        """A tensor in the model's input layout (e.g. the input gradient) -> NCHW."""
+        return _move(np.asarray(x), to_canonical(self.input_layout))
+
+    def layer_to_nchw(self, layer: str, a: np.ndarray) -> np.ndarray:
+        return _move(np.asarray(a), to_canonical(self.layer_layout(layer)))
+
+    def layer_from_nchw(self, layer: str, a: np.ndarray) -> np.ndarray:
+        return _move(np.asarray(a), from_canonical(self.layer_layout(layer)))
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def num_classes(self, x: np.ndarray | None = None) -> int:
+        return self.inner.num_classes(None if x is None else self.to_model(x))
+
+    def forward(
+        self, x: np.ndarray, extra: Sequence[str] = (), batch_size: int | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        scores, acts = self.inner.forward(self.to_model(x), extra, batch_size)
+        return scores, [self.layer_to_nchw(n, a) for n, a in zip(extra, acts, strict=True)]
+
+    def gradients(
+        self,
+        x: np.ndarray,
+        seed: np.ndarray,
+        layers: Sequence[str] = (),
+        *,
+        rule: str = "standard",
+        input_gradient: bool = False,
+        batch_size: int | None = None,
+    ) -> Gradients:
+        layers = tuple(layers)
+        res = self.inner.gradients(
+            self.to_model(x),
+            seed,
+            layers,
+            rule=rule,
+            input_gradient=input_gradient,
+            batch_size=batch_size,
+        )
+        return Gradients(
+            score=res.score,
+            activations=[
+                self.layer_to_nchw(n, a) for n, a in zip(layers, res.activations, strict=True)
+            ],
+            gradients=[
+                self.layer_to_nchw(n, g) for n, g in zip(layers, res.gradients, strict=True)
+            ],
+            input_gradient=None
+            if res.input_gradient is None
+            else self.from_model(res.input_gradient),
+        )
+
+    def forward_from(
+        self, layer: str, activation: np.ndarray, batch_size: int | None = None
+    ) -> np.ndarray:
+        return self.inner.forward_from(layer, self.layer_from_nchw(layer, activation), batch_size)
+
+    def forward_masked(
+        self, x: np.ndarray, layer: str, mask: np.ndarray, batch_size: int | None = None
+    ) -> np.ndarray:
+        mask = np.asarray(mask)
+        if mask.ndim == 4:
+            mask = self.layer_from_nchw(layer, mask)
+        return self.inner.forward_masked(self.to_model(x), layer, mask, batch_size)
