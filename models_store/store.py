@@ -3,6 +3,10 @@
 Writes are atomic: a version is assembled in ``<root>/.tmp/`` and renamed into place in one
 step, so a crash or a refused upload never leaves a partial model behind. ``.tmp`` is emptied
 whenever a store is opened.
+
+Element types are checked at registration (``models_store.dtypes``): quantized models and
+float8/int4/complex tensors are refused with the reason; a float16/bfloat16 model is also
+probed through its float32 copy, the graph the CPU provider and every explanation runs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import onnx
 
+from models_store.dtypes import check_element_types, needs_upcast, upcast
 from models_store.errors import InvalidCard, InvalidModel, ModelConflict, ModelNotFound
 from models_store.probe import probe_forward
 from models_store.validate import (
@@ -135,7 +140,12 @@ class ModelStore:
         check_model(model)
         image = image_input(model, card)
         score = score_output(model, card)
-        width = probe_forward(data, card, image, score.name)
+        check_element_types(model, image.name)
+        if needs_upcast(model):
+            # the float32 copy is what the CPU provider runs (service/runtime/sessions.py)
+            width = _probe_float32_copy(model, card, image.name, score.name)
+        else:
+            width = probe_forward(data, card, image, score.name)
         check_output_width(width, card)
         card = card.model_copy(
             update={
@@ -219,6 +229,17 @@ class ModelStore:
         except ValueError as exc:
             raise InvalidCard(f"stored card of {name}@{version} is unreadable: {exc}") from None
         return ModelRecord(name, version, path, card, meta["sha256"], meta["created"])
+
+
+def _probe_float32_copy(model: onnx.ModelProto, card: ModelCard, image: str, score: str) -> int:
+    """Probe the float32 copy of a float16/bfloat16 model (what the CPU provider runs)."""
+    copy = upcast(model)
+    try:
+        onnx.checker.check_model(copy)
+    except Exception as exc:
+        raise InvalidModel(f"the float32 copy of this float16 model is invalid: {exc}") from None
+    tensor = image_input(copy, card)
+    return probe_forward(copy.SerializeToString(), card, tensor, score)
 
 
 def _write(path: Path, data: bytes) -> None:

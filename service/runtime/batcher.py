@@ -7,6 +7,12 @@ up to ``max_delay`` more for company, closes the group, concatenates every membe
 along axis 0, runs once and hands each member its rows of every output. Per-row inputs (the
 seeds of the companion graph) keep each request's own target. A failed run fails every member
 with the same error; nothing is retried.
+
+A graph whose input declares a fixed batch N (``graphio``) never gets more than N rows in one
+run: groups close at N rows, a larger request runs in chunks of N, and a run of fewer than N
+rows is padded to N (the padded rows' outputs are dropped). :class:`BatchedSession` also casts
+float feeds between float32 and float16 to what the graph declares, and float16 outputs to
+float32.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+from service.runtime.graphio import cast_feeds, declared, float32_outputs, run_padded
 
 
 class SessionLike(Protocol):
@@ -62,34 +70,39 @@ class Batcher:
         outputs: Sequence[str] | None,
         feeds: dict[str, np.ndarray],
         label: str = "",
+        batch: int | None = None,
     ) -> list[np.ndarray]:
+        """One logical run; ``batch`` is the graph's fixed batch size (None: dynamic)."""
+        cap = self.max_batch_size if batch is None else min(self.max_batch_size, batch)
         rows = {v.shape[0] if v.ndim else -1 for v in feeds.values()}
-        if self.max_batch_size <= 1 or len(rows) != 1 or min(rows) >= self.max_batch_size:
+        if cap <= 1 or len(rows) != 1 or min(rows) >= cap:
             started = time.perf_counter()
-            results = list(session.run(list(outputs) if outputs else None, feeds))
+            names = list(outputs) if outputs else None
+            results = run_padded(session.run, names, feeds, batch)
             if self.observe is not None:
                 self.observe(label, max(rows), 0.0, time.perf_counter() - started)
             return results
         key = (
             id(session),
+            batch,
             tuple(outputs or ()),
             tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in feeds.items())),
         )
         member = _Member(feeds, rows.pop())
         with self._lock:
             group = self._groups.get(key)
-            leader = group is None or group.closed or group.rows + member.rows > self.max_batch_size
+            leader = group is None or group.closed or group.rows + member.rows > cap
             if leader:
                 group = _Group()
                 self._groups[key] = group
             assert group is not None
             group.members.append(member)
             group.rows += member.rows
-            if group.rows >= self.max_batch_size:
+            if group.rows >= cap:
                 group.full.set()
             busy = self._busy.setdefault(key, threading.Lock())
         if leader:
-            self._lead(key, group, busy, session, outputs, label)
+            self._lead(key, group, busy, session, outputs, label, batch)
         member.done.wait()
         if member.error is not None:
             raise member.error
@@ -104,6 +117,7 @@ class Batcher:
         session: SessionLike,
         outputs: Sequence[str] | None,
         label: str,
+        batch: int | None = None,
     ) -> None:
         queued = time.perf_counter()
         with busy:  # while the previous batch runs, this group fills up
@@ -123,7 +137,7 @@ class Batcher:
                     for name in members[0].feeds
                 }
                 started = time.perf_counter()
-                results = session.run(list(outputs) if outputs else None, feeds)
+                results = run_padded(session.run, list(outputs) if outputs else None, feeds, batch)
                 if self.observe is not None:
                     self.observe(label, group.rows, waited, time.perf_counter() - started)
                 start = 0
@@ -146,8 +160,18 @@ class BatchedSession:
         self.batcher = batcher
         self.label = label  # names the graph in metrics
 
-    def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.batcher.run(self.inner, outputs, feeds, self.label)
+    def run(
+        self,
+        outputs: list[str] | None,
+        feeds: dict[str, np.ndarray],
+        batch: int | None = None,
+    ) -> list[np.ndarray]:
+        """Like ``InferenceSession.run``, fitted to the graph: its declared batch (else
+        ``batch``, the caller's limit) and its float16 inputs."""
+        info = declared(self.inner)
+        limit = info.batch if info.batch is not None else batch
+        feeds = cast_feeds(feeds, info.casts)
+        return float32_outputs(self.batcher.run(self.inner, outputs, feeds, self.label, limit))
 
     def __getattr__(self, name: str) -> Any:  # get_inputs(), get_providers(), ...
         return getattr(self.inner, name)

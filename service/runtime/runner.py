@@ -16,6 +16,20 @@ temporary file in the same folder, then ``os.replace``); the runner also remembe
 Thread-safe: concurrent callers asking for the same graph wait for a single build.
 
 Inputs are assumed NCHW (the layout the companion builder and the methods use).
+
+Batch limits: the source model's image input declares its batch dimension; a fixed
+``dim_value`` N (e.g. ``torch.onnx.export`` without ``dynamic_axes`` gives 1) means every run
+of every graph derived from it (forward, companion, head, masked) is split into chunks of N
+rows and the last chunk padded to N, the padded rows dropped (``service/runtime/graphio.py``).
+A derived graph's own declaration, read from its session, wins where it has one.
+
+Element types: a float16/bfloat16 (or mixed-precision) model is converted once to float32
+(``models_store.dtypes.upcast``) and written to ``derived/model-float32-<key>.onnx``; every
+derived graph is built from that copy and keyed by ``<sha256>+float32-<UPCAST_VERSION>``, so
+it never shares a cache entry with graphs of the model itself. The plain forward still opens
+the stored file: the service's session cache opens the float32 copy for the CPU provider and
+the model itself on CUDA (``service/runtime/sessions.py``), and feeds are cast to what the
+session declares.
 """
 
 from __future__ import annotations
@@ -35,8 +49,11 @@ import onnx
 from onnx import helper
 
 from models_store.companion import BUILDER_VERSION, CompanionSpec, forward_model, load_or_build
+from models_store.dtypes import UPCAST_VERSION, needs_upcast, upcast
 from models_store.errors import LayerNotFound
+from service.runtime.batcher import BatchedSession
 from service.runtime.cancel import raise_if_cancelled
+from service.runtime.graphio import declared, model_batch_limit, run_fitted
 
 __all__ = ["Gradients", "ModelRunner"]
 
@@ -108,6 +125,8 @@ class ModelRunner:
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
         self._model: onnx.ModelProto | None = None
+        self._float32: tuple[onnx.ModelProto, Path, str] | None = None
+        self._upcasting = threading.Lock()  # one float32 conversion, however many callers
 
     # -- sessions and graphs ---------------------------------------------------------------
 
@@ -120,8 +139,19 @@ class ModelRunner:
 
     @property
     def model(self) -> onnx.ModelProto:
-        """The source model (loaded once; do not mutate)."""
-        return self._source()
+        """The float32 model the derived graphs come from: the source model, or its float32
+        copy when the source holds float16/bfloat16 tensors (loaded once; do not mutate)."""
+        return self._graph_model()[0]
+
+    @property
+    def is_upcast(self) -> bool:
+        """Whether the source model is run through its float32 copy."""
+        return self._graph_model()[1] != self.model_path
+
+    @property
+    def batch_limit(self) -> int | None:
+        """The fixed batch size the image input declares, or None when it is dynamic."""
+        return model_batch_limit(self._source(), self.image_input)
 
     def num_classes(self, x: np.ndarray | None = None) -> int:
         """Width of the score output: from the graph when static, else from one forward."""
@@ -139,6 +169,26 @@ class ModelRunner:
             if self._model is None:
                 self._model = onnx.load(str(self.model_path))
             return self._model
+
+    def _graph_model(self) -> tuple[onnx.ModelProto, Path, str]:
+        """(model, its path, the sha that keys graphs derived from it): the source, or its
+        float32 copy written once to derived_dir."""
+        with self._lock:
+            if self._float32 is not None:
+                return self._float32
+        with self._upcasting:
+            if self._float32 is None:
+                source = self._source()
+                if not needs_upcast(source):
+                    found = (source, self.model_path, self.sha256)
+                else:
+                    sha = f"{self.sha256}+float32-{UPCAST_VERSION}"
+                    model = upcast(source)
+                    path = self._derived("model-float32", _key("float32", sha), lambda: model)
+                    found = (model, path, sha)
+                with self._lock:
+                    self._float32 = found
+            return self._float32
 
     def _cached(self, key: str, build: Callable[[], _Graph]) -> _Graph:
         with self._lock:
@@ -169,22 +219,24 @@ class ModelRunner:
         outputs = (self.score_output, *extra)
         if not extra:
             return _Graph(self.model_path, (self.image_input,), outputs)
-        key = _key("forward", self.sha256, outputs)
+        model, _, sha = self._graph_model()
+        key = _key("forward", sha, outputs)
 
         def build() -> _Graph:
-            path = self._derived("forward", key, lambda: forward_model(self._source(), outputs))
+            path = self._derived("forward", key, lambda: forward_model(model, outputs))
             return _Graph(path, (self.image_input,), outputs)
 
         return self._cached(key, build)
 
     def _companion(self, layers: tuple[str, ...], rule: str, input_gradient: bool) -> _Graph:
-        key = _key("companion", self.sha256, layers, rule, input_gradient, self.score_output)
+        _, model_path, sha = self._graph_model()
+        key = _key("companion", sha, layers, rule, input_gradient, self.score_output)
 
         def build() -> _Graph:
             path, spec = load_or_build(
                 self.derived_dir,
-                self.model_path,
-                self.sha256,
+                model_path,
+                sha,
                 layers,
                 rule,  # type: ignore[arg-type]
                 input_gradient,
@@ -194,11 +246,22 @@ class ModelRunner:
 
         return self._cached(key, build)
 
+    def prepare(
+        self, layers: Sequence[str] = (), rule: str = "standard", input_gradient: bool = False
+    ) -> Path:
+        """Build (or find) the companion graph the runner will use for these layers and rule,
+        from the float32 copy where there is one; its path. For ahead-of-time builds."""
+        return self._companion(tuple(layers), rule, input_gradient).path
+
     def _run(
         self, graph: _Graph, feeds: Sequence[np.ndarray], batch_size: int | None
     ) -> list[np.ndarray]:
         session = self._open(graph.path)
         n = feeds[0].shape[0]
+        model_limit = self.batch_limit
+        limit = declared(session).batch or model_limit
+        if limit is not None:  # a fixed batch: every run has exactly `limit` rows
+            batch_size = limit
         parts: list[list[np.ndarray]] = []
         for chunk in _chunks(n, batch_size):
             raise_if_cancelled()  # an abandoned request stops here, between runs
@@ -206,7 +269,10 @@ class ModelRunner:
                 name: np.ascontiguousarray(f[chunk])
                 for name, f in zip(graph.inputs, feeds, strict=True)
             }
-            parts.append(list(session.run(list(graph.outputs), named)))
+            if isinstance(session, BatchedSession):
+                parts.append(list(session.run(list(graph.outputs), named, batch=model_limit)))
+            else:
+                parts.append(run_fitted(session, list(graph.outputs), named, model_limit))
         if not parts:
             raise ValueError("nothing to run: the batch is empty")
         if len(parts) == 1:
@@ -254,10 +320,10 @@ class ModelRunner:
     def _head(self, layer: str) -> _Graph | None:
         """The graph layer -> score, or None when the score also depends on the image by a
         path that avoids ``layer`` (skip connections around it, shape reads of the input)."""
-        key = _key("head", self.sha256, layer, self.score_output)
+        model, _, sha = self._graph_model()
+        key = _key("head", sha, layer, self.score_output)
 
         def build() -> _Graph:
-            model = self._source()
             head = _head_model(model, self.image_input, layer, self.score_output)
             if head is None:
                 return _Graph(Path(), (), ())
@@ -268,14 +334,15 @@ class ModelRunner:
         return graph if graph.inputs else None
 
     def _masked(self, layer: str) -> _Graph:
-        key = _key("masked", self.sha256, layer, self.score_output)
+        model, _, sha = self._graph_model()
+        key = _key("masked", sha, layer, self.score_output)
         mask = f"{layer}/cnnvis_mask"
 
         def build() -> _Graph:
             path = self._derived(
                 "masked",
                 key,
-                lambda: _masked_model(self._source(), layer, mask, self.score_output),
+                lambda: _masked_model(model, layer, mask, self.score_output),
             )
             return _Graph(path, (self.image_input, mask), (self.score_output,))
 

@@ -2,6 +2,18 @@
 
 The provider actually in use is read back from each session (onnxruntime silently falls back to
 CPU when CUDA libraries or a device are missing), and that is what the API reports.
+
+float16 and bfloat16 models: on the CPU provider a session runs the model's float32 copy
+(``models_store.dtypes.upcast``, converted in memory when the session opens; the stored
+file is untouched). onnxruntime's CPU kernels are float32 (it would otherwise insert casts around
+every float16 node, or fail to load a bfloat16 graph), and the float32 copy is what the
+explanation graphs are built from. On CUDA the model runs as stored, natively in float16;
+feeds are cast to float16 and outputs back to float32 (``graphio``). A model whose inputs
+and outputs are float32 but which holds float16 nodes inside (mixed precision) runs as stored
+on either provider; onnxruntime computes the float16 nodes it has no CPU kernel for through
+casts it inserts itself. A bfloat16 model, or one onnxruntime cannot open as stored, runs its
+float32 copy on every provider. The CUDA path is written but was not measured here: no GPU
+was lent to the session that wrote it.
 """
 
 from __future__ import annotations
@@ -14,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
+from models_store.dtypes import needs_upcast, upcast
 from service.settings import Settings
 
 log = logging.getLogger("cnnvis.runtime")
@@ -27,6 +41,7 @@ class Session:
 
     inner: ort.InferenceSession
     path: Path
+    upcast: bool = False  # runs the float32 copy of a float16/bfloat16 model
 
     @property
     def providers(self) -> list[str]:
@@ -72,10 +87,36 @@ def open_session(path: Path, settings: Settings) -> Session:
         options.intra_op_num_threads = settings.intra_op_threads
     if settings.inter_op_threads:
         options.inter_op_num_threads = settings.inter_op_threads
-    inner = ort.InferenceSession(str(path), options, providers=provider_list(settings))
+    providers = provider_list(settings)
+    inner: ort.InferenceSession | None = None
+    try:
+        inner = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception:
+        if not _low_precision(path):
+            raise
+    io = _io_types(inner) if inner is not None else set()
+    cpu = inner is not None and inner.get_providers()[0] == "CPUExecutionProvider"
+    if inner is None or "tensor(bfloat16)" in io or (cpu and "tensor(float16)" in io):
+        # CPU runs float32, and nobody feeds bfloat16: run the model's float32 copy
+        data = upcast(onnx.load(str(path))).SerializeToString()
+        inner = ort.InferenceSession(data, options, providers=providers)
+        session = Session(inner, path, upcast=True)
+        log.info("opened %s on %s (float32 copy)", path, ",".join(session.providers))
+        return session
     session = Session(inner, path)
     log.info("opened %s on %s", path, ",".join(session.providers))
     return session
+
+
+def _io_types(inner: ort.InferenceSession) -> set[str]:
+    """Element types of the graph's inputs and outputs (a float32-boundary mixed-precision
+    model runs as stored: onnxruntime computes its float16 nodes through inserted casts)."""
+    return {str(a.type) for a in [*inner.get_inputs(), *inner.get_outputs()]}
+
+
+def _low_precision(path: Path) -> bool:
+    """Whether the graph at ``path`` holds float16/bfloat16 tensors (the proto is parsed)."""
+    return needs_upcast(onnx.load(str(path)))
 
 
 class SessionCache:
