@@ -16,22 +16,56 @@ docs/methods.md ("Layouts"):
    rank-4 inputs, and back;
 4. propagated forward and backward until nothing changes; a rank-4 tensor still unknown is
    taken as NCHW.
+
+Token models (ViT and its kin, :func:`token_grids`, docs/methods.md "Token models"): a
+rank-3 (N, L, C) tensor is a layer when the graph shows where its tokens come from: a patch
+grid, a rank-4 (N, C, h, w) tensor with static h, w (the patch-embedding Conv's output)
+reshaped to (N, C, h*w) and transposed to (N, h*w, C) (or an NHWC grid reshaped to
+(N, h*w, C)), optionally concatenated along the token axis with extra tokens (the class
+token) in front of or behind it. Such a layer is read as the grid: the extra tokens dropped,
+(N, h*w, C) -> (N, C, h, w), as pytorch-grad-cam's ViT ``reshape_transform``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 from onnx import inliner, shape_inference
 
-from models_store.errors import LayerNotFound
+from models_store.errors import LayerNotFound, UnsupportedModel
 from models_store.fold import fold_constants
 from models_store.graph import Dim, TensorInfo, value_info
 
+# Layer candidates are floating-point tensors (bfloat16 is not a numpy "float*" name).
+FLOAT_DTYPES = {"float16", "float32", "float64", "bfloat16"}
+
 NCHW = "NCHW"
 NHWC = "NHWC"
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """How a (N, L, C) token tensor holds a patch grid: ``prefix`` extra tokens (the class
+    token), then ``height * width`` patch tokens in row-major order, then ``suffix`` extra
+    tokens."""
+
+    prefix: int
+    height: int
+    width: int
+    suffix: int = 0
+    source: str = ""  # the rank-4 grid tensor the patch tokens were flattened from
+
+    @property
+    def tokens(self) -> int:
+        return self.prefix + self.height * self.width + self.suffix
+
+    @property
+    def layout(self) -> str:
+        """What /layers reports, e.g. ``N(1+4x4)C``: a class token, then a 4 x 4 grid."""
+        extra = f"+{self.suffix}" if self.suffix else ""
+        return f"N({self.prefix}+{self.height}x{self.width}{extra})C"
 
 
 @dataclass(frozen=True)
@@ -41,22 +75,35 @@ class Layer:
     shape: tuple[Dim, ...]
     spatial: bool  # has extent in two axes besides batch and channels
     layout: str = NCHW  # axis order, letters N, C, H, W (module docstring)
+    grid: TokenGrid | None = None  # a (N, L, C) token tensor read as its patch grid
+
+    @property
+    def channels(self) -> Dim:
+        return self.shape[2] if self.grid is not None else self.shape[1]
 
 
 @dataclass(frozen=True)
 class GraphSummary:
-    layers: tuple[Layer, ...]  # rank-4 tensors on the path from the image to the score
+    layers: tuple[Layer, ...]  # rank-4 tensors and token grids from the image to the score
     default_layer: str | None
     input_layout: str | None = None  # detected from the graph; None = ambiguous
+    # tensors a client might take for a layer but that are no spatial map: name -> why
+    refused: dict[str, str] = field(default_factory=dict)
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
             if layer.name == name:
                 return layer
+        why = self.refused.get(name)
+        if why is not None:
+            raise UnsupportedModel(f"layer {name!r} is not a spatial map: {why}")
         hint = f"; the default is {self.default_layer!r}" if self.default_layer else ""
         raise LayerNotFound(
             f"no layer named {name!r}; GET /v1/models/{{name}}/layers lists them{hint}"
         )
+
+    def token_grids(self) -> dict[str, TokenGrid]:
+        return {layer.name: layer.grid for layer in self.layers if layer.grid is not None}
 
 
 def summarize(
@@ -85,13 +132,35 @@ def summarize(
     detected = detect_input_layout(model, image)
     start = layout if layout in (NCHW, NHWC) else detected
     layouts = tensor_layouts(model, image, start)
+    weights = {t.name for t in model.graph.initializer}
+    grids, why_not = token_grids(model, shapes, layouts)
+    tokens = set(grids) | set(why_not)
+    downstream = _descendants(nodes, tokens)  # inside the token part of the graph
     layers = []
+    refused: dict[str, str] = {}
     for node in nodes:
         for out in node.output:
             info = shapes.get(out)
             if not out or info is None or out not in depends or out not in feeds:
                 continue
-            if len(info.shape) != 4 or not info.dtype.startswith("float"):
+            if not info.dtype.startswith("float") or out in weights:
+                continue
+            if out in grids:
+                layers.append(
+                    Layer(out, node.op_type, info.shape, True, grids[out].layout, grids[out])
+                )
+                continue
+            if len(info.shape) == 3 and out in why_not:
+                refused[out] = why_not[out]
+                continue
+            if len(info.shape) != 4:
+                continue
+            if out in downstream and out not in layouts:
+                refused[out] = (
+                    f"a rank-4 tensor of shape {_shape(info.shape)} inside the token part of "
+                    "the graph (e.g. attention heads x tokens): its axes are no (N, C, h, w) "
+                    "grid; name a token layer instead (GET /layers)"
+                )
                 continue
             extent = [d for d in info.shape[1:] if not (isinstance(d, int) and d <= 1)]
             layers.append(
@@ -103,8 +172,274 @@ def summarize(
                     layout=layouts.get(out, NCHW),
                 )
             )
+    default = _default_layer(nodes, layers, depends)
+    return GraphSummary(tuple(layers), default, detected, refused)
+
+
+def _shape(shape: Sequence[Dim]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _descendants(nodes: Sequence[onnx.NodeProto], roots: set[str]) -> set[str]:
+    seen = set(roots)
+    for node in nodes:
+        if any(i in seen for i in node.input):
+            seen.update(o for o in node.output if o)
+    return seen
+
+
+def _default_layer(
+    nodes: Sequence[onnx.NodeProto], layers: Sequence[Layer], depends: set[str]
+) -> str | None:
+    """The last spatial layer; on a token model the last token layer whose patch tokens still
+    reach the score through token mixing (docs/methods.md, "Token models"), unless a spatial
+    rank-4 layer comes after it."""
     spatial = [layer for layer in layers if layer.spatial]
-    return GraphSummary(tuple(layers), spatial[-1].name if spatial else None, detected)
+    tokens = [layer for layer in spatial if layer.grid is not None]
+    if not tokens:
+        return spatial[-1].name if spatial else None
+    # token mixing: a MatMul (attention's q.k and attn.v) both of whose operands depend on
+    # the image; after the last one the patch tokens no longer reach a class-token score
+    order = {o: k for k, node in enumerate(nodes) for o in node.output if o}
+    mixing = [
+        k
+        for k, node in enumerate(nodes)
+        if node.op_type in ("MatMul", "Einsum") and sum(1 for i in node.input if i in depends) >= 2
+    ]
+    chosen = tokens[-1]
+    if mixing:
+        last = nodes[mixing[-1]]
+        ancestors = _ancestors(nodes[: mixing[-1] + 1], last)
+        before = [layer for layer in tokens if layer.name in ancestors]
+        if before:
+            chosen = before[-1]
+    after = [
+        layer for layer in spatial if layer.grid is None and order[layer.name] > order[chosen.name]
+    ]
+    return after[-1].name if after else chosen.name
+
+
+def _ancestors(nodes: Sequence[onnx.NodeProto], last: onnx.NodeProto) -> set[str]:
+    needed = set(i for i in last.input if i)
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            needed.update(i for i in node.input if i)
+    return needed
+
+
+# -- token grids ------------------------------------------------------------------------------
+
+# per-token ops: the output keeps the (N, L, C) axes of its rank-3 inputs (C may change)
+TOKENWISE = frozenset(
+    {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Sqrt",
+        "Erf",
+        "Gelu",
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "HardSwish",
+        "HardSigmoid",
+        "LeakyRelu",
+        "Elu",
+        "Softplus",
+        "Neg",
+        "Identity",
+        "Dropout",
+        "Cast",
+        "LayerNormalization",
+        "Clip",
+    }
+)
+
+
+def token_grids(
+    model: onnx.ModelProto, shapes: dict[str, TensorInfo], layouts: dict[str, str]
+) -> tuple[dict[str, TokenGrid], dict[str, str]]:
+    """Token tensors of ``model`` read as patch grids (module docstring), and the rank-3
+    tensors downstream of a patch grid that cannot be read as one, with the reason.
+
+    ``shapes``: inferred tensor infos (of the same, folded, graph); ``layouts``: from
+    :func:`tensor_layouts`."""
+    nodes = list(model.graph.node)
+    weights = {t.name: t for t in model.graph.initializer}
+
+    def dims(name: str) -> tuple[Dim, ...] | None:
+        info = shapes.get(name)
+        return None if info is None else tuple(info.shape)
+
+    def static(d: Dim) -> bool:
+        return isinstance(d, int) and d > 0
+
+    # axis state of tensors on the way from a grid to tokens:
+    # ("NCT" | "NTC", h, w, source, C) before the sequence is assembled
+    flat: dict[str, tuple[str, int, int, str]] = {}
+    grids: dict[str, TokenGrid] = {}
+    why_not: dict[str, str] = {}
+    for node in nodes:
+        ins = [i for i in node.input if i]
+        if not ins:
+            continue
+        x = ins[0]
+        out = node.output[0] if node.output else ""
+        if node.op_type == "Reshape" and x not in flat:
+            shape_in, shape_out = dims(x), dims(out)
+            layout = layouts.get(x)
+            if shape_in is None or len(shape_in) != 4 or layout not in (NCHW, NHWC):
+                continue
+            if shape_out is not None and len(shape_out) != 3:
+                continue
+            h, w = shape_in[layout.index("H")], shape_in[layout.index("W")]
+            c = shape_in[layout.index("C")]
+            if not (static(h) and static(w) and static(c)):
+                continue
+            kind = "NCT" if layout == NCHW else "NTC"
+            want = (c, h * w) if kind == "NCT" else (h * w, c)  # type: ignore[operator]
+            if shape_out is not None and any(
+                static(got) and got != exp for got, exp in zip(shape_out[1:], want, strict=True)
+            ):
+                continue
+            if _reshape_target_ok(node, weights, want):
+                flat[out] = (kind, int(h), int(w), x)  # type: ignore[arg-type]
+            continue
+        if x in flat and node.op_type == "Transpose":
+            perm = _attr(node, "perm", None)
+            kind, h, w, src = flat[x]
+            if isinstance(perm, (list, tuple)) and [int(p) for p in perm] == [0, 2, 1]:
+                flat[out] = ("NTC" if kind == "NCT" else "NCT", h, w, src)
+            continue
+        if node.op_type == "Concat":
+            axis = int(_attr(node, "axis", 0))  # type: ignore[call-overload]
+            inside = [k for k, i in enumerate(node.input) if i in flat]
+            if not inside:
+                continue
+            k = inside[0]
+            kind, h, w, src = flat[node.input[k]]
+            if kind != "NTC" or axis not in (1, -2) or len(inside) > 1:
+                continue
+            total = _token_count(out, nodes, shapes)
+            others = [i for j, i in enumerate(node.input) if j != k]
+            counts = [dims(i)[1] if dims(i) is not None else None for i in others]  # type: ignore[index]
+            if total is not None:
+                extra = total - h * w
+                before = [c for c in counts[:k]]
+                after = [c for c in counts[k:]]
+                if not after:
+                    grid = TokenGrid(extra, h, w, 0, src)
+                elif not before:
+                    grid = TokenGrid(0, h, w, extra, src)
+                elif all(static(c) for c in before):
+                    prefix = sum(int(c) for c in before)  # type: ignore[arg-type]
+                    grid = TokenGrid(prefix, h, w, extra - prefix, src)
+                else:
+                    grid = None
+            else:
+                grid = None
+            if grid is None or grid.prefix < 0 or grid.suffix < 0:
+                why_not[out] = (
+                    f"the {h}x{w} patch grid of {src!r} is concatenated with other tokens "
+                    f"at {node.name or out!r}, but how many come before it cannot be told "
+                    "from the graph's static shapes"
+                )
+                continue
+            grids[out] = grid
+            continue
+        if x in flat and node.op_type in TOKENWISE and flat[x][0] == "NTC":
+            flat[out] = flat[x]  # e.g. a position embedding added before any class token
+    # a grid with no extra tokens at all: the flattened tokens themselves
+    for name, (kind, h, w, src) in flat.items():
+        if kind == "NTC":
+            grids.setdefault(name, TokenGrid(0, h, w, 0, src))
+    if not grids:
+        return {}, why_not
+
+    # propagate along per-token ops: rank-3 outputs with the same token count
+    for node in nodes:
+        if not node.output or not node.output[0]:
+            continue
+        out = node.output[0]
+        if out in grids or node.op_type not in (*TOKENWISE, "MatMul"):
+            continue
+        have = [grids[i] for i in node.input if i in grids]
+        if not have:
+            continue
+        grid = have[0]
+        shape = dims(out)
+        if node.op_type == "MatMul":
+            w = weights.get(node.input[1]) if len(node.input) > 1 else None
+            if node.input[0] not in grids or w is None or len(w.dims) != 2:
+                continue  # attention's token mixing, not a per-token projection
+        if shape is None or len(shape) != 3:
+            continue
+        if static(shape[1]) and shape[1] != grid.tokens:
+            continue
+        if not static(shape[1]):
+            why_not[out] = (
+                f"its token axis has no static size (shape {_shape(shape)}), so the "
+                f"{grid.height}x{grid.width} patch grid cannot be located in it"
+            )
+            continue
+        grids[out] = grid
+    # the rest of the rank-3 float tensors downstream: no grid to read
+    downstream = _descendants(nodes, set(grids))
+    for node in nodes:
+        for out in node.output:
+            info = shapes.get(out)
+            if (
+                out
+                and out in downstream
+                and out not in grids
+                and out not in why_not
+                and info is not None
+                and len(info.shape) == 3
+            ):
+                why_not[out] = (
+                    f"a rank-3 tensor of shape {_shape(info.shape)} whose axes are not "
+                    "(N, tokens, channels) of the patch grid (e.g. tokens first inside "
+                    "attention)"
+                )
+    return grids, why_not
+
+
+def _reshape_target_ok(
+    node: onnx.NodeProto, weights: dict[str, onnx.TensorProto], want: tuple[int, int]
+) -> bool:
+    """A constant target shape must be (N or 0 or -1, *want) up to one -1; a computed one
+    (the exporters' Shape -> Gather -> Concat) is taken on the shapes' word."""
+    if len(node.input) < 2 or node.input[1] not in weights:
+        return True
+    from onnx import numpy_helper
+
+    target = [int(v) for v in numpy_helper.to_array(weights[node.input[1]]).tolist()]
+    if len(target) != 3:
+        return False
+    return all(t in (-1, 0, e) for t, e in zip(target[1:], want, strict=True))
+
+
+def _token_count(
+    name: str, nodes: Sequence[onnx.NodeProto], shapes: dict[str, TensorInfo]
+) -> int | None:
+    """The static token count of ``name`` (axis 1), or of the first per-token op downstream
+    that knows it (an exporter's Concat often loses it; the position embedding's Add has it)."""
+    frontier = [name]
+    seen: set[str] = set()
+    while frontier:
+        t = frontier.pop(0)
+        if t in seen:
+            continue
+        seen.add(t)
+        info = shapes.get(t)
+        if info is not None and len(info.shape) == 3 and isinstance(info.shape[1], int):
+            return int(info.shape[1])
+        for node in nodes:
+            if t in node.input and node.op_type in TOKENWISE and node.output:
+                frontier.append(node.output[0])
+    return None
 
 
 # -- layouts ----------------------------------------------------------------------------------
@@ -208,6 +543,7 @@ PRESERVING = frozenset(
         "ThresholdedRelu",
         "Upsample",
         "Where",
+        "LayerNormalization",
         "Xor",
         "QuantizeLinear",
         "DequantizeLinear",
@@ -256,6 +592,12 @@ def _preserves(node: onnx.NodeProto) -> bool:
     return node.op_type in REDUCE and bool(_attr(node, "keepdims", 1))
 
 
+def _channel_matmul(node: onnx.NodeProto, matrices: set[str]) -> bool:
+    """A Linear layer on the last axis: MatMul by a constant matrix. It keeps a channels-last
+    layout (the channel count may change); on any other layout it mixes a spatial axis."""
+    return node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in matrices
+
+
 def tensor_layouts(model: onnx.ModelProto, image: str, input_layout: str | None) -> dict[str, str]:
     """Layout of every tensor the rule of the module docstring can decide (rank-4 tensors;
     others may appear too). ``input_layout`` None: the input is decided like any tensor."""
@@ -270,6 +612,7 @@ def tensor_layouts(model: onnx.ModelProto, image: str, input_layout: str | None)
             if node.input and node.input[0]:
                 known.setdefault(node.input[0], NCHW)
     weights = {t.name for t in model.graph.initializer}
+    matrices = {t.name for t in model.graph.initializer if len(t.dims) == 2}
 
     def transpose(node: onnx.NodeProto) -> list[int] | None:
         perm = _attr(node, "perm", None)
@@ -288,7 +631,10 @@ def tensor_layouts(model: onnx.ModelProto, image: str, input_layout: str | None)
                 changed = True
 
         for node in nodes:  # forward
-            if node.op_type == "Transpose":
+            if _channel_matmul(node, matrices):
+                if node.input[0] in known and known[node.input[0]].endswith("C"):
+                    learn(node.output[0], known[node.input[0]])
+            elif node.op_type == "Transpose":
                 perm = transpose(node)
                 if perm is not None and node.input[0] in known:
                     before = known[node.input[0]]
@@ -299,7 +645,10 @@ def tensor_layouts(model: onnx.ModelProto, image: str, input_layout: str | None)
                     for out in node.output:
                         learn(out, have[0])
         for node in reversed(nodes):  # backward
-            if node.op_type == "Transpose":
+            if _channel_matmul(node, matrices):
+                if node.output[0] in known and known[node.output[0]].endswith("C"):
+                    learn(node.input[0], known[node.output[0]])
+            elif node.op_type == "Transpose":
                 perm = transpose(node)
                 if perm is not None and node.output[0] in known:
                     dst = known[node.output[0]]

@@ -124,9 +124,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _build(store: ModelStore, args: argparse.Namespace) -> int:
     import time
 
-    from models_store.companion import load_or_build
     from models_store.graph import graph_inputs, graph_outputs
     from models_store.inspect import summarize
+    from service.runtime.runner import ModelRunner
+    from service.state import fed_dims
 
     refs = store.names() if args.all else args.refs
     if not refs:
@@ -138,22 +139,26 @@ def _build(store: ModelStore, args: argparse.Namespace) -> int:
     for ref in refs:
         record = store.resolve(ref)
         layers = args.layer
+        image = record.card.input.name or graph_inputs(record.model)[0].name
+        score = record.card.output.name or graph_outputs(record.model)[0].name
         if not layers:
-            image = record.card.input.name or graph_inputs(record.model)[0].name
-            score = record.card.output.name or graph_outputs(record.model)[0].name
             default = (
                 record.card.default_layer or summarize(record.model, image, score).default_layer
             )
             layers = [default] if default else []
         started = time.perf_counter()
-        path, _ = load_or_build(
-            record.derived_dir,
+        # Through the runner: the graph it will serve (built from the float32 copy of a
+        # float16 model, or for the card's size where the model's is dynamic).
+        runner = ModelRunner(
             record.model_path,
+            record.derived_dir,
             record.sha256,
-            layers,
-            args.rule,
-            args.input_gradient,
+            image,
+            score,
+            open_session=lambda path: None,  # type: ignore[arg-type,return-value]
+            input_dims=fed_dims(record, image),
         )
+        path = runner.prepare(layers, args.rule, args.input_gradient)
         took = time.perf_counter() - started
         print(
             f"{record.ref}: {', '.join(layers) or '(input only)'} [{args.rule}]"

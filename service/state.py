@@ -9,12 +9,22 @@ from pathlib import Path
 from models_store.graph import graph_inputs, graph_outputs
 from models_store.inspect import GraphSummary, summarize
 from models_store.store import ModelRecord, ModelStore
+from models_store.validate import input_layout
 from service.metrics import Metrics
 from service.runtime.admission import Admission
 from service.runtime.batcher import BatchedSession, Batcher
 from service.runtime.runner import ModelRunner
 from service.runtime.sessions import Session, SessionCache
 from service.settings import Settings
+
+
+def fed_dims(record: ModelRecord, image: str) -> tuple[int, int, int]:
+    """The image's non-batch dims as the service feeds them: the card's size and channels in
+    the model's layout."""
+    spec = record.card.input
+    if input_layout(record.model, record.card, image) == "NHWC":
+        return (spec.height, spec.width, spec.channels)
+    return (spec.channels, spec.height, spec.width)
 
 
 @dataclass
@@ -83,13 +93,15 @@ class AppState:
         with self._lock:
             runner = self._runners.get(key)
             if runner is None or runner.sha256 != record.sha256:
+                image = record.card.input.name or graph_inputs(record.model)[0].name
                 runner = ModelRunner(
                     record.model_path,
                     record.derived_dir,
                     record.sha256,
-                    record.card.input.name or graph_inputs(record.model)[0].name,
+                    image,
                     record.card.output.name or graph_outputs(record.model)[0].name,
                     open_session=self.batched,
+                    input_dims=fed_dims(record, image),
                 )
                 self._runners[key] = runner
         return runner

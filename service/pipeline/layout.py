@@ -32,7 +32,7 @@ from models_store.validate import input_layout
 from schemas.card import InputSpec
 from service.explain.layout import CanonicalRunner
 from service.runtime.runner import ModelRunner
-from service.state import AppState
+from service.state import AppState, fed_dims
 
 __all__ = ["InputPlan", "canonical_runner", "input_plan", "layer_layouts", "to_input_dtype"]
 
@@ -111,7 +111,8 @@ def canonical_runner(state: AppState, record: ModelRecord) -> CanonicalRunner:
     """The model's runner seen in NCHW (see the module docstring)."""
     plan = input_plan(record)
     inner = _float_runner(state, record, plan) if plan.dtype == "uint8" else state.runner(record)
-    return CanonicalRunner(inner, plan.layout, layer_layouts(record))
+    grids = state.summary(record).token_grids()
+    return CanonicalRunner(inner, plan.layout, layer_layouts(record), grids)
 
 
 def float_input_model(model: onnx.ModelProto, image: str) -> onnx.ModelProto | None:
@@ -145,7 +146,15 @@ def _float_runner(state: AppState, record: ModelRecord, plan: InputPlan) -> Mode
     if not path.exists():
         _write_atomic(path, variant.SerializeToString())
     score = record.card.output.name or graph_outputs(record.model)[0].name
-    runner = ModelRunner(path, record.derived_dir, sha, plan.image, score, state.batched)
+    runner = ModelRunner(
+        path,
+        record.derived_dir,
+        sha,
+        plan.image,
+        score,
+        state.batched,
+        input_dims=fed_dims(record, plan.image),
+    )
     with _lock:
         runner = _float_runners.setdefault(key, runner)
     return runner

@@ -23,6 +23,11 @@ of every graph derived from it (forward, companion, head, masked) is split into 
 rows and the last chunk padded to N, the padded rows dropped (``service/runtime/graphio.py``).
 A derived graph's own declaration, read from its session, wins where it has one.
 
+Image sizes: a model whose image input leaves its non-batch dims symbolic (exported with
+dynamic height and width) gets its derived graphs built for ``input_dims``, the size the
+service feeds (the card's), from a copy with those dims pinned (``derived/model-pinned-*``):
+the companion builder needs static sizes for pooling counts, Concat splits and Slice bounds.
+
 Element types: a float16/bfloat16 (or mixed-precision) model is converted once to float32
 (``models_store.dtypes.upcast``) and written to ``derived/model-float32-<key>.onnx``; every
 derived graph is built from that copy and keyed by ``<sha256>+float32-<UPCAST_VERSION>``, so
@@ -103,6 +108,29 @@ def _chunks(n: int, batch_size: int | None) -> list[slice]:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
+def pin_input_dims(
+    model: onnx.ModelProto, image: str, dims: tuple[int, ...] | None
+) -> onnx.ModelProto | None:
+    """A copy of ``model`` whose image input has ``dims`` where its non-batch dims are
+    symbolic; None when there is nothing to pin (or the ranks disagree)."""
+    if not dims:
+        return None
+    for vi in model.graph.input:
+        if vi.name != image:
+            continue
+        shape = vi.type.tensor_type.shape.dim
+        if len(shape) != len(dims) + 1 or all(d.HasField("dim_value") for d in shape[1:]):
+            return None
+        pinned = onnx.ModelProto()
+        pinned.CopyFrom(model)
+        target = next(v for v in pinned.graph.input if v.name == image)
+        for d, size in zip(target.type.tensor_type.shape.dim[1:], dims, strict=True):
+            if not d.HasField("dim_value"):
+                d.dim_value = size
+        return pinned
+    return None
+
+
 class ModelRunner:
     """Runs one model version and its derived graphs (see the module docstring)."""
 
@@ -114,8 +142,13 @@ class ModelRunner:
         image_input: str,
         score_output: str,
         open_session: Callable[[Path], SessionLike],
+        input_dims: Sequence[int] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
+        # The image's non-batch dims as the service feeds them (the card's size, in the
+        # model's layout): derived graphs of a model whose input leaves them symbolic are
+        # built for that size, so the builder sees every size it needs.
+        self.input_dims = tuple(int(d) for d in input_dims) if input_dims else None
         self.derived_dir = Path(derived_dir)
         self.sha256 = sha256
         self.image_input = image_input
@@ -172,19 +205,27 @@ class ModelRunner:
 
     def _graph_model(self) -> tuple[onnx.ModelProto, Path, str]:
         """(model, its path, the sha that keys graphs derived from it): the source, or its
-        float32 copy written once to derived_dir."""
+        copy written once to derived_dir — upcast to float32, and with symbolic image dims
+        pinned to ``input_dims``."""
         with self._lock:
             if self._float32 is not None:
                 return self._float32
         with self._upcasting:
             if self._float32 is None:
                 source = self._source()
-                if not needs_upcast(source):
+                pinned = pin_input_dims(source, self.image_input, self.input_dims)
+                if not needs_upcast(source) and pinned is None:
                     found = (source, self.model_path, self.sha256)
                 else:
-                    sha = f"{self.sha256}+float32-{UPCAST_VERSION}"
-                    model = upcast(source)
-                    path = self._derived("model-float32", _key("float32", sha), lambda: model)
+                    model, sha = source, self.sha256
+                    if pinned is not None:
+                        model = pinned
+                        sha = f"{sha}+dims-{'x'.join(map(str, self.input_dims or ()))}"
+                    kind = "model-pinned"
+                    if needs_upcast(model):
+                        model, kind = upcast(model), "model-float32"
+                        sha = f"{sha}+float32-{UPCAST_VERSION}"
+                    path = self._derived(kind, _key(kind, sha), lambda: model)
                     found = (model, path, sha)
                 with self._lock:
                     self._float32 = found

@@ -231,8 +231,6 @@ def test_low_precision_models_predict_and_explain(api: TestClient, name: str) ->
         ("explain", {"images": images, "method": "scorecam", "outputs": ["array"]}),
         ("explain", {"images": images, "method": "integrated_gradients", "outputs": ["array"]}),
     ]:
-        if name == "bf16" and route == "explain":
-            continue  # models_store.inspect lists no bfloat16 tensor as a layer (yet)
         want = api.post(f"/v1/models/fp32/{route}", json=body)
         got = api.post(f"/v1/models/{name}/{route}", json=body)
         assert got.status_code == 200, got.text[:400]
