@@ -16,7 +16,7 @@ from models_store.errors import LayerNotFound, UnsupportedModel
 from models_store.fold import fold_constants
 
 from .context import Shape
-from .shapes import settle, shape_of
+from .shapes import correct_ceil_pools, settle, shape_of
 
 MIN_OPSET = 13
 FLOAT_TYPES = {
@@ -62,6 +62,14 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.ValueI
 
 
 def fold_and_infer(
+    model: onnx.ModelProto,
+) -> tuple[onnx.ModelProto, list[onnx.ValueInfoProto]]:
+    """Constant folding and shape inference, with ceil_mode pool sizes corrected."""
+    model, value_infos = _fold_and_infer(model)
+    return model, correct_ceil_pools(model, value_infos)
+
+
+def _fold_and_infer(
     model: onnx.ModelProto,
 ) -> tuple[onnx.ModelProto, list[onnx.ValueInfoProto]]:
     """Constant folding and ONNX shape inference (data propagation on) on a weightless

@@ -80,6 +80,54 @@ def settle(
     return model, _complete(value_infos, incomplete, runs, batches, symbol)
 
 
+def correct_ceil_pools(
+    model: onnx.ModelProto, value_infos: list[onnx.ValueInfoProto]
+) -> list[onnx.ValueInfoProto]:
+    """Output sizes of ceil_mode pools as the runtime computes them.
+
+    onnx's inference keeps a last window that would start inside the end padding (width 8,
+    kernel 3, stride 3, pad 1: it says 4); onnxruntime and PyTorch drop it (3). The rule is
+    ``o = ceil((H + pb + pe - eff) / s) + 1``, less one when ``(o - 1) s >= H + pb``.
+    """
+    infos = {vi.name: vi for vi in [*model.graph.input, *value_infos]}
+    corrected: dict[str, onnx.ValueInfoProto] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("MaxPool", "AveragePool", "LpPool") or not node.output:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if not attrs.get("ceil_mode") or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", ""):
+            continue
+        x, y = infos.get(node.input[0]), infos.get(node.output[0])
+        x_shape = None if x is None else shape_of(x.type)
+        y_shape = None if y is None else shape_of(y.type)
+        if not x_shape or not y_shape or len(x_shape) != len(y_shape):
+            continue
+        kernel = list(attrs["kernel_shape"])
+        n = len(kernel)
+        strides = list(attrs.get("strides", [1] * n))
+        dilations = list(attrs.get("dilations", [1] * n))
+        pads = list(attrs.get("pads", [0] * (2 * n)))
+        dims = list(y_shape)
+        for i in range(n):
+            size = x_shape[2 + i]
+            if not isinstance(size, int):
+                continue
+            eff = (kernel[i] - 1) * dilations[i] + 1
+            span = size + pads[i] + pads[n + i] - eff
+            out = -(-span // strides[i]) + 1
+            if (out - 1) * strides[i] >= size + pads[i]:
+                out -= 1
+            dims[2 + i] = out
+        if dims != list(y_shape):
+            elem = y.type.tensor_type.elem_type  # type: ignore[union-attr]
+            fixed = helper.make_tensor_value_info(node.output[0], elem, dims)
+            infos[node.output[0]] = corrected[node.output[0]] = fixed
+    present = {vi.name for vi in value_infos}
+    return [corrected.get(vi.name, vi) for vi in value_infos] + [
+        vi for name, vi in corrected.items() if name not in present
+    ]
+
+
 def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     initializers = {t.name for t in model.graph.initializer}
     return [vi for vi in model.graph.input if vi.name not in initializers]

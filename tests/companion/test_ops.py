@@ -248,6 +248,10 @@ POOL_CASES = [
     pool_case("avg-3x3s2p1-ceil-excl", "AveragePool", (1, 2, 8, 8), 3, 2, 1, ceil=1),
     pool_case("avg-3x3s2p1-ceil-incl", "AveragePool", (1, 2, 8, 8), 3, 2, 1, ceil=1, include_pad=1),
     pool_case("avg-2x2s2-ceil", "AveragePool", (1, 2, 7, 7), 2, 2, ceil=1),
+    # the last ceil_mode window would start in the end padding: the runtime drops it (3 wide),
+    # onnx's shape inference keeps it (4)
+    pool_case("max-3x3s3p1-ceil-window-in-pad", "MaxPool", (1, 2, 8, 8), 3, 3, 1, ceil=1),
+    pool_case("avg-3x3s3p1-ceil-window-in-pad", "AveragePool", (1, 2, 8, 8), 3, 3, 1, ceil=1),
 ]
 
 REDUCE_CASES = [

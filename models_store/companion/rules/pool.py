@@ -81,7 +81,16 @@ def max_pool(ctx: RuleContext) -> list[str | None]:
         )
         views.append(ctx.unsqueeze(view, [2]))
     stacked = views[0] if len(views) == 1 else ctx.emit("Concat", *views, axis=2)
-    hit = ctx.emit("Equal", stacked, ctx.unsqueeze(ctx.y(0), [2]))
+    # The window maxima are Y. With ceil_mode, onnx's shape inference can keep a last window
+    # that starts in the end padding (the runtime drops it), and onnxruntime then refuses to
+    # compare the views with Y of the wrong static size: take the maxima of the views.
+    if not ctx.attr("ceil_mode", 0):
+        maxima = ctx.unsqueeze(ctx.y(0), [2])
+    elif ctx.opset >= 18:  # ReduceMax's axes became an input
+        maxima = ctx.emit("ReduceMax", stacked, ctx.ints([2]), keepdims=1)
+    else:
+        maxima = ctx.emit("ReduceMax", stacked, axes=[2], keepdims=1)
+    hit = ctx.emit("Equal", stacked, maxima)
     count = ctx.emit("CumSum", ctx.mask(hit), ctx.ints([2]))
     first = ctx.emit("And", hit, ctx.emit("Equal", count, ctx.one))
     per_offset = ctx.emit("Mul", ctx.mask(first), ctx.unsqueeze(ctx.grad_out(0), [2]))
