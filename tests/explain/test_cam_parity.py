@@ -86,6 +86,7 @@ def check(
     rows: int,
     cls: Any,
     options: dict[str, Any] | None = None,
+    tolerance: float = 1e-4,
     **kwargs: Any,
 ) -> None:
     z = zoo(model)
@@ -102,7 +103,7 @@ def check(
         # SVD sign is arbitrary; both use numpy's on near-identical matrices, so the sign
         # agrees in practice, but compare up to sign so a LAPACK change cannot flake.
         rel = min(rel, float(np.abs(ours + ref_raw).max() / (np.abs(ref_raw).max() + 1e-12)))
-    assert rel <= 1e-4, f"{method} on {model}: feature-size relative error {rel:.2e}"
+    assert rel <= tolerance, f"{method} on {model}: feature-size relative error {rel:.2e}"
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -136,6 +137,10 @@ def test_ablationcam_matches_pytorch_grad_cam(model: str, zoo: Any, runner_for: 
         PERTURBATION_ROWS[model],
         pgc.AblationCAM,
         {"batch_size": 64},
+        # w_k = (s - s_k) / s: a difference of nearly equal float32 scores, so the two
+        # runtimes' forward rounding is amplified by s / (s - s_k); at ORT_ENABLE_ALL
+        # (NCHWc convolutions, the service's level) mobilenet_v2 measured 1.07e-4.
+        tolerance=3e-4,
         batch_size=64,
     )
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,9 @@ def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours - ref).max() / (np.abs(ref).max() + 1e-30))
 
 
-def captum_attr(algo: Any, z: Any, rows: int = 2, **kwargs: Any) -> np.ndarray:
-    x = torch.from_numpy(z.x[:rows].copy()).requires_grad_(True)
+def captum_attr(algo: Any, z: Any, rows: int = 2, dtype: Any = None, **kwargs: Any) -> np.ndarray:
+    x = torch.from_numpy(z.x[:rows].copy())
+    x = (x if dtype is None else x.to(dtype)).requires_grad_(True)
     out = algo.attribute(x, target=list(z.targets[:rows]), **kwargs)
     return out.detach().numpy()
 
@@ -99,10 +101,23 @@ def test_integrated_gradients(model: str, rule: str, zoo: Any, runner_for: Any) 
         method=rule,
         baselines=torch.zeros(2, *z.x.shape[1:]),
     )
+    # IG's path runs through scaled images alpha * x whose small pre-activations sit within
+    # float32 rounding of ReLU kinks: judged against Captum in float64, with the allowance
+    # max(1e-4, 3 x Captum's own float32 error) (the conformance suite's criterion).
+    ref64 = captum_attr(
+        IntegratedGradients(copy.deepcopy(z.net).double()),
+        z,
+        dtype=torch.float64,
+        n_steps=steps,
+        method=rule,
+        baselines=torch.zeros(2, *z.x.shape[1:], dtype=torch.float64),
+    )
+    allowance = max(1e-4, 3 * rel_err(ref, ref64))
     out = ours("integrated_gradients", z, runner, {"steps": steps, "method": rule})
-    err = rel_err(out.maps[0], ref)
-    print(f"\nIG {rule:17s} {model:14s} rel err {err:.2e} gap {out.extras['completeness_gap']}")
-    assert err <= 1e-4
+    err = rel_err(out.maps[0], ref64)
+    gaps = out.extras["completeness_gap"]
+    print(f"\nIG {rule:17s} {model:14s} rel err {err:.2e} (allowance {allowance:.1e}) gap {gaps}")
+    assert err <= allowance
     # completeness: sum(attr) ~ S(X) - S(0) up to the quadrature error; it is reported
     gap = np.abs(out.extras["completeness_gap"])
     expected = out.scores[[0, 1], z.targets[:2]] - np.array(out.extras["baseline_score"])
