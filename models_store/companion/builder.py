@@ -107,10 +107,20 @@ def build_companion(
         out_names[name] = tensor
         return name
 
+    def expose_forward(tensor: str, base: str) -> str:
+        """A forward tensor is an output under its own name: behind an Identity, onnxruntime's
+        EliminateIdentity and Pad+Conv fusion together leave a dangling input (tf2onnx's
+        ZeroPadding2D before a strided depthwise conv, when its input is a layer)."""
+        if tensor in src.inputs or tensor in out_names.values() or tensor in out_names:
+            return expose(tensor, base, tensor)
+        outputs.append(src.value_info(tensor))
+        out_names[tensor] = tensor
+        return tensor
+
     score_out = expose(score_name, SCORE, score_name)
     acts, grads = [], []
     for i, (layer, g) in enumerate(zip(layers, layer_grads, strict=True)):
-        acts.append(expose(layer, f"activation_{i}", layer))
+        acts.append(expose_forward(layer, f"activation_{i}"))
         grads.append(expose(g, f"gradient_{i}", layer))
     image_out = expose(image_grad, "input_gradient", pixels) if image_grad and pixels else None
 

@@ -69,7 +69,7 @@ def run(companion: onnx.ModelProto, spec: CompanionSpec, x: np.ndarray, seed: np
 def test_score_is_the_logits_before_a_probability_head(head: str | None) -> None:
     model = tiny(head)
     companion, spec = build_checked(model, ["relu"], input_gradient=True)
-    assert spec.outputs == ("score", "activation_0", "gradient_0", "input_gradient")
+    assert spec.outputs == ("score", "relu", "gradient_0", "input_gradient")
     assert [o.name for o in companion.graph.output] == list(spec.outputs)
     assert [i.name for i in companion.graph.input] == ["image", "seed"]
     x = np.random.default_rng(1).normal(size=(3, 3, 6, 6)).astype(np.float32)
@@ -78,7 +78,7 @@ def test_score_is_the_logits_before_a_probability_head(head: str | None) -> None
     (logits,) = session(forward_model(model, ["logits"])).run(None, {"image": x})
     np.testing.assert_allclose(outs["score"], logits, rtol=1e-6)
     (relu,) = session(forward_model(model, ["relu"])).run(None, {"image": x})
-    np.testing.assert_allclose(outs["activation_0"], relu, rtol=1e-6)
+    np.testing.assert_allclose(outs[spec.activations[0]], relu, rtol=1e-6)
 
 
 def test_batch_dimension_stays_dynamic_and_rows_take_their_own_seed() -> None:

@@ -10,6 +10,7 @@ from models_store.errors import UnsupportedModel
 from ..context import RuleContext, vjp
 
 _HUGE = 2**62  # Slice ends this large mean "to the end"
+_TO_THE_END = 2**31 - 1  # tf2onnx writes INT32_MAX for "to the end"; no axis is that long
 
 
 @vjp("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -127,8 +128,8 @@ def slice_(ctx: RuleContext) -> list[str | None]:
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
         axis %= rank
         dim = shape[axis]
-        if not isinstance(dim, int):
-            if step == 1 and start == 0 and end >= _HUGE:
+        if not isinstance(dim, int):  # the batch axis: only "all of it" is differentiable
+            if step == 1 and start == 0 and end >= _TO_THE_END:
                 continue
             raise UnsupportedModel(f"Slice {ctx.node.name!r} cuts a dynamic axis")
         picked = _picked(start, end, step, dim)
