@@ -12,8 +12,9 @@ docs/methods.md ("Layouts"):
    the image input has the model's input layout (detected or the card's);
 2. a Transpose permutes its input's layout (``out[i] = in[perm[i]]``), and back;
 3. layout-preserving ops (element-wise arithmetic and activations, Pad, Slice, Concat,
-   Split, Resize, Softmax, Reduce* with keepdims, ...) give their output the layout of their
-   rank-4 inputs, and back;
+   Split, Resize, Softmax, LayerNormalization, Reduce* with keepdims, ...) give their output
+   the layout of their rank-4 inputs, and back; so does a MatMul by a constant matrix (a
+   Linear layer on the last axis) on a layout whose last axis is C (NHWC: Swin, ConvNeXt);
 4. propagated forward and backward until nothing changes; a rank-4 tensor still unknown is
    taken as NCHW.
 
@@ -109,7 +110,9 @@ class GraphSummary:
 def summarize(
     model: onnx.ModelProto, image: str, score: str, layout: str | None = None
 ) -> GraphSummary:
-    """Candidate layers are rank-4 float tensors that depend on ``image`` and feed ``score``.
+    """Candidate layers are rank-4 float tensors that depend on ``image`` and feed ``score``,
+    and (N, L, C) token tensors with a patch grid (:func:`token_grids`); tensors of a token
+    model that look like layers but hold no grid are in ``refused`` with the reason.
 
     ``layout`` is the image input's layout (the card's); None or ``auto`` = detect it."""
     if model.functions:
@@ -143,7 +146,7 @@ def summarize(
             info = shapes.get(out)
             if not out or info is None or out not in depends or out not in feeds:
                 continue
-            if not info.dtype.startswith("float") or out in weights:
+            if info.dtype not in FLOAT_DTYPES or out in weights:
                 continue
             if out in grids:
                 layers.append(
@@ -191,9 +194,9 @@ def _descendants(nodes: Sequence[onnx.NodeProto], roots: set[str]) -> set[str]:
 def _default_layer(
     nodes: Sequence[onnx.NodeProto], layers: Sequence[Layer], depends: set[str]
 ) -> str | None:
-    """The last spatial layer; on a token model the last token layer whose patch tokens still
-    reach the score through token mixing (docs/methods.md, "Token models"), unless a spatial
-    rank-4 layer comes after it."""
+    """The last spatial layer; on a token model the last token layer of the model's width
+    whose patch tokens still reach the score through token mixing (docs/methods.md, "Token
+    models"), unless a spatial rank-4 layer comes after it."""
     spatial = [layer for layer in layers if layer.spatial]
     tokens = [layer for layer in spatial if layer.grid is not None]
     if not tokens:
@@ -211,8 +214,12 @@ def _default_layer(
         last = nodes[mixing[-1]]
         ancestors = _ancestors(nodes[: mixing[-1] + 1], last)
         before = [layer for layer in tokens if layer.name in ancestors]
-        if before:
-            chosen = before[-1]
+        # of the model's width (the first token layer's channels): the normalised residual
+        # stream (ViT's ln_1, timm's norm1), not a fused q/k/v projection (3 x the width)
+        width = next((t.channels for t in tokens if isinstance(t.channels, int)), None)
+        wide = [layer for layer in before if layer.channels == width]
+        if wide or before:
+            chosen = (wide or before)[-1]
     after = [
         layer for layer in spatial if layer.grid is None and order[layer.name] > order[chosen.name]
     ]
@@ -294,18 +301,18 @@ def token_grids(
                 continue
             if shape_out is not None and len(shape_out) != 3:
                 continue
-            h, w = shape_in[layout.index("H")], shape_in[layout.index("W")]
-            c = shape_in[layout.index("C")]
-            if not (static(h) and static(w) and static(c)):
+            h, w = _size(shape_in[layout.index("H")]), _size(shape_in[layout.index("W")])
+            c = _size(shape_in[layout.index("C")])
+            if h is None or w is None or c is None:
                 continue
             kind = "NCT" if layout == NCHW else "NTC"
-            want = (c, h * w) if kind == "NCT" else (h * w, c)  # type: ignore[operator]
+            want = (c, h * w) if kind == "NCT" else (h * w, c)
             if shape_out is not None and any(
                 static(got) and got != exp for got, exp in zip(shape_out[1:], want, strict=True)
             ):
                 continue
             if _reshape_target_ok(node, weights, want):
-                flat[out] = (kind, int(h), int(w), x)  # type: ignore[arg-type]
+                flat[out] = (kind, h, w, x)
             continue
         if x in flat and node.op_type == "Transpose":
             perm = _attr(node, "perm", None)
@@ -324,22 +331,19 @@ def token_grids(
                 continue
             total = _token_count(out, nodes, shapes)
             others = [i for j, i in enumerate(node.input) if j != k]
-            counts = [dims(i)[1] if dims(i) is not None else None for i in others]  # type: ignore[index]
+            counts = [_token_axis(dims(i)) for i in others]
+            grid: TokenGrid | None = None
             if total is not None:
                 extra = total - h * w
-                before = [c for c in counts[:k]]
-                after = [c for c in counts[k:]]
+                before, after = counts[:k], counts[k:]
                 if not after:
                     grid = TokenGrid(extra, h, w, 0, src)
                 elif not before:
                     grid = TokenGrid(0, h, w, extra, src)
-                elif all(static(c) for c in before):
-                    prefix = sum(int(c) for c in before)  # type: ignore[arg-type]
-                    grid = TokenGrid(prefix, h, w, extra - prefix, src)
                 else:
-                    grid = None
-            else:
-                grid = None
+                    known_before = [n for n in before if n is not None]
+                    if len(known_before) == len(before):
+                        grid = TokenGrid(sum(known_before), h, w, extra - sum(known_before), src)
             if grid is None or grid.prefix < 0 or grid.suffix < 0:
                 why_not[out] = (
                     f"the {h}x{w} patch grid of {src!r} is concatenated with other tokens "
@@ -404,6 +408,14 @@ def token_grids(
                     "attention)"
                 )
     return grids, why_not
+
+
+def _size(d: Dim) -> int | None:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def _token_axis(shape: tuple[Dim, ...] | None) -> int | None:
+    return _size(shape[1]) if shape is not None and len(shape) == 3 else None
 
 
 def _reshape_target_ok(

@@ -148,6 +148,7 @@ def _gradient_cam(name: str) -> Callable[..., MethodOutput]:
     ) -> MethodOutput:
         seed = onehot(targets, runner.num_classes(x))
         res = runner.gradients(x, seed, layers, batch_size=options["batch_size"])
+        _check_patch_gradients(runner, layers, res.gradients)
         maps = [
             fn(a.astype(np.float64), g.astype(np.float64)).astype(np.float32)
             for a, g in zip(res.activations, res.gradients, strict=False)
@@ -156,6 +157,22 @@ def _gradient_cam(name: str) -> Callable[..., MethodOutput]:
 
     run.__doc__ = fn.__doc__
     return run
+
+
+def _check_patch_gradients(
+    runner: ModelRunner, layers: Sequence[str], gradients: Sequence[np.ndarray]
+) -> None:
+    """A token layer past the last attention: only the class token reaches the score, the
+    patch grid's gradient is exactly 0 and so is every gradient CAM; say so instead."""
+    grids = getattr(runner, "token_grids", {})
+    for layer, g in zip(layers, gradients, strict=False):
+        if layer in grids and g.size and not np.any(g):
+            raise UnsupportedModel(
+                f"the patch tokens of token layer {layer!r} have zero gradient: past the "
+                "model's last token mixing (attention) only the extra (class) token(s) reach "
+                "the score, so every gradient CAM there is 0. Use a layer in front of the last "
+                "attention (layer 'auto' picks one), or eigencam, which needs no gradient"
+            )
 
 
 for _name in (
@@ -199,11 +216,13 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
 
 
 def classifier_weights(
-    model: onnx.ModelProto, layer: str, score: str, spatial_axes: tuple[int, int] = (2, 3)
+    model: onnx.ModelProto, layer: str, score: str, spatial_axes: tuple[int, ...] = (2, 3)
 ) -> np.ndarray:
     """W (classes, channels) of the ``layer -> GAP -> (Flatten) -> Linear -> score`` head, or
     UnsupportedModel saying which step is missing. ``spatial_axes``: where the layer tensor
-    keeps H and W (2, 3 in NCHW; 1, 2 for an NHWC tensor pooled by ReduceMean)."""
+    keeps H and W (2, 3 in NCHW; 1, 2 for an NHWC tensor pooled by ReduceMean; 1 for a
+    (N, h*w, C) token tensor without extra tokens, pooled over its tokens)."""
+    rank = 3 if len(spatial_axes) == 1 else 4
     consts = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.output:
@@ -240,7 +259,7 @@ def classifier_weights(
         if axes is None and len(node.input) > 1:
             c = const(node.input[1])
             axes = None if c is None else c.tolist()
-        if axes is None or sorted(int(a) % 4 for a in axes) != sorted(spatial_axes):
+        if axes is None or sorted(int(a) % rank for a in axes) != sorted(spatial_axes):
             raise fail(f"ReduceMean {node.name!r} does not average exactly the spatial axes")
     tensor = node.output[0]
     node = only_consumer(tensor)
@@ -277,7 +296,17 @@ def classifier_weights(
     return np.asarray(w, dtype=np.float64)
 
 
-def _spatial_axes(runner: ModelRunner, layer: str) -> tuple[int, int]:
+def _spatial_axes(runner: ModelRunner, layer: str) -> tuple[int, ...]:
+    grid = getattr(runner, "token_grids", {}).get(layer)
+    if grid is not None:  # (N, L, C) tokens: CAM is defined when all of them are patches
+        if grid.prefix or grid.suffix:
+            raise UnsupportedModel(
+                f"method 'cam' needs a global average pool over the layer's grid; {layer!r} "
+                f"is a token tensor with {grid.prefix + grid.suffix} extra (class) token(s) "
+                "besides its patch grid, so the head does not pool the grid. Use method "
+                "'gradcam', which works at any layer"
+            )
+        return (1,)
     layout = getattr(runner, "layer_layout", lambda _: "NCHW")(layer)
     return layout.index("H"), layout.index("W")
 

@@ -13,6 +13,16 @@ unchanged, sees canonical tensors:
   (``layer_layouts``, from :func:`models_store.inspect.tensor_layouts`), and activations
   handed back to the graph (ablation's head, its channel masks) go back to the layer's layout.
 
+Token models (docs/methods.md, "Token models"): a (N, L, C) token layer with a patch grid
+(``token_grids``, from :func:`models_store.inspect.token_grids`) comes back as (N, C, h, w):
+the extra tokens (the class token) dropped, the patch tokens reshaped row-major to the grid,
+as pytorch-grad-cam's ViT ``reshape_transform``. Going back to the graph is only possible for
+masks: a channel mask (R, K, 1, 1) becomes (R, 1, K) and switches channel k off in every
+token, the class token included (pytorch-grad-cam's ``AblationLayerVit``); a full (R, K, h, w)
+mask leaves the extra tokens unmasked. The head cannot be run from a grid that lost its
+class token, so :meth:`CanonicalRunner.can_split` is False on token layers and ablation runs
+the masked full forward.
+
 Where everything is NCHW the wrapper passes arrays through untouched.
 """
 
@@ -24,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models_store.errors import ProblemError
-from models_store.inspect import NCHW, from_canonical, to_canonical
+from models_store.inspect import NCHW, TokenGrid, from_canonical, to_canonical
 from service.runtime.runner import Gradients, ModelRunner
 
 __all__ = ["CanonicalRunner"]
@@ -53,10 +63,12 @@ class CanonicalRunner(_Base):  # type: ignore[misc,valid-type]
         inner: ModelRunner,
         input_layout: str = NCHW,
         layer_layouts: Mapping[str, str] | None = None,
+        token_grids: Mapping[str, TokenGrid] | None = None,
     ) -> None:
         self.inner = inner
         self.input_layout = input_layout
         self.layer_layouts = dict(layer_layouts or {})
+        self.token_grids = dict(token_grids or {})
 
     def __getattr__(self, name: str) -> Any:  # only for what this class does not define
         return getattr(self.inner, name)
@@ -76,9 +88,17 @@ class CanonicalRunner(_Base):  # type: ignore[misc,valid-type]
         return _move(np.asarray(x), to_canonical(self.input_layout))
 
     def layer_to_nchw(self, layer: str, a: np.ndarray) -> np.ndarray:
+        grid = self.token_grids.get(layer)
+        if grid is not None:
+            return _tokens_to_grid(layer, grid, np.asarray(a))
         return _move(np.asarray(a), to_canonical(self.layer_layout(layer)))
 
     def layer_from_nchw(self, layer: str, a: np.ndarray) -> np.ndarray:
+        if layer in self.token_grids:
+            raise ProblemError(
+                f"layer {layer!r} is a token tensor read as its patch grid; the grid has lost "
+                "the extra (class) tokens, so it cannot be fed back to the graph"
+            )
         return _move(np.asarray(a), from_canonical(self.layer_layout(layer)))
 
     # -- runs -------------------------------------------------------------------------------
@@ -124,6 +144,9 @@ class CanonicalRunner(_Base):  # type: ignore[misc,valid-type]
             else self.from_model(res.input_gradient),
         )
 
+    def can_split(self, layer: str) -> bool:
+        return layer not in self.token_grids and self.inner.can_split(layer)
+
     def forward_from(
         self, layer: str, activation: np.ndarray, batch_size: int | None = None
     ) -> np.ndarray:
@@ -133,6 +156,36 @@ class CanonicalRunner(_Base):  # type: ignore[misc,valid-type]
         self, x: np.ndarray, layer: str, mask: np.ndarray, batch_size: int | None = None
     ) -> np.ndarray:
         mask = np.asarray(mask)
-        if mask.ndim == 4:
+        grid = self.token_grids.get(layer)
+        if grid is not None and mask.ndim == 4:
+            mask = _grid_mask_to_tokens(grid, mask)
+        elif mask.ndim == 4:
             mask = self.layer_from_nchw(layer, mask)
         return self.inner.forward_masked(self.to_model(x), layer, mask, batch_size)
+
+
+def _tokens_to_grid(layer: str, grid: TokenGrid, a: np.ndarray) -> np.ndarray:
+    """(R, L, C) tokens -> (R, C, h, w): the extra tokens dropped, the patches row-major."""
+    if a.ndim != 3 or a.shape[1] != grid.tokens:
+        raise ProblemError(
+            f"layer {layer!r} was expected to hold {grid.tokens} tokens ({grid.prefix} extra, "
+            f"a {grid.height}x{grid.width} grid, {grid.suffix} after), got shape "
+            f"{tuple(a.shape)}"
+        )
+    patches = a[:, grid.prefix : grid.prefix + grid.height * grid.width, :]
+    r, _, c = patches.shape
+    return np.ascontiguousarray(
+        patches.reshape(r, grid.height, grid.width, c).transpose(0, 3, 1, 2)
+    )
+
+
+def _grid_mask_to_tokens(grid: TokenGrid, mask: np.ndarray) -> np.ndarray:
+    """An NCHW mask -> one for the (R, L, C) token tensor (module docstring)."""
+    r, k, h, w = mask.shape
+    if (h, w) == (1, 1):  # per channel: every token, the extra ones included
+        return np.ascontiguousarray(mask.reshape(r, 1, k))
+    if (h, w) != (grid.height, grid.width):
+        raise ProblemError(f"a mask of shape {mask.shape} does not fit the token grid")
+    out = np.ones((r, grid.tokens, k), dtype=mask.dtype)
+    out[:, grid.prefix : grid.prefix + h * w, :] = mask.transpose(0, 2, 3, 1).reshape(r, h * w, k)
+    return out

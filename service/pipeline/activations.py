@@ -31,9 +31,11 @@ def activations(
     layers = resolve_layers(state, record, body.layers)
     summary = state.summary(record)
     for name in layers:
-        if len(summary.layer(name).shape) != 4:
+        layer = summary.layer(name)
+        if len(layer.shape) != 4 and layer.grid is None:
             raise ProblemError(f"layer {name!r} is not a (N, C, h, w) feature map")
     # NCHW rows in, (N, C, h, w) maps out whatever the layouts of the input and the layers
+    # (a token layer comes back as its patch grid, the class token dropped)
     runner = canonical_runner(state, record)
     x = preprocess(images, input_plan(record).nchw)
     _, maps = runner.forward(x, extra=layers)

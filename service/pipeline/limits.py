@@ -29,8 +29,9 @@ def check_work(
     if method in ("scorecam", "ablationcam"):
         channels = 0
         for layer in layers:
-            shape = summary.layer(layer).shape
-            width = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
+            found = summary.layer(layer)
+            channels_of = found.channels if len(found.shape) in (3, 4) else None
+            width = channels_of if isinstance(channels_of, int) else None
             known = [n for n in (width, resolved.get("max_channels")) if n is not None]
             channels += min(known) if known else 0
         _limit(
