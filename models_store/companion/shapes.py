@@ -62,7 +62,7 @@ def settle(
     if batches is None:
         return model, value_infos
     shape_only = _shape_only(model)
-    incomplete = _incomplete(model, value_infos)
+    incomplete = _incomplete(model, value_infos, symbol)
     if not shape_only and not incomplete:
         return model, value_infos
     runs = _probe(model, inputs, sorted(shape_only | incomplete), batches)
@@ -76,7 +76,7 @@ def settle(
     }
     if frozen:  # the probe's values stay valid: freezing changes no tensor's value
         model, value_infos = fold_and_infer(_freeze(model, frozen))
-        incomplete = _incomplete(model, value_infos) & incomplete
+        incomplete = _incomplete(model, value_infos, symbol) & incomplete
     return model, _complete(value_infos, incomplete, runs, batches, symbol)
 
 
@@ -168,14 +168,23 @@ def _shape_only(model: onnx.ModelProto) -> set[str]:
     return result
 
 
-def _incomplete(model: onnx.ModelProto, value_infos: Sequence[onnx.ValueInfoProto]) -> set[str]:
-    """Node outputs whose shape is unknown or symbolic beyond the batch axis."""
+def _incomplete(
+    model: onnx.ModelProto, value_infos: Sequence[onnx.ValueInfoProto], batch: str
+) -> set[str]:
+    """Node outputs whose shape is unknown, symbolic beyond the batch axis, or whose first
+    axis is a symbol other than the input's batch (inference's fresh ``unk__`` names)."""
     shapes = {vi.name: shape_of(vi.type) for vi in value_infos}
     result = set()
     for node in model.graph.node:
         for out in node.output:
             shape = shapes.get(out)
-            if out and (shape is None or any(not isinstance(d, int) for d in shape[1:])):
+            if not out:
+                continue
+            if (
+                shape is None
+                or any(not isinstance(d, int) for d in shape[1:])
+                or (shape and not isinstance(shape[0], int) and shape[0] != batch)
+            ):
                 result.add(out)
     return result
 

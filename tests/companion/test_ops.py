@@ -732,6 +732,21 @@ SHAPE_CASES = [
         },
     ),
     Case(
+        "reduce-l2-keepdims",
+        "ReduceL2",
+        {"x": (2, 3, 5)},
+        lambda t: torch.linalg.vector_norm(t["x"], dim=-1, keepdim=True),
+        {"axes": np.array([-1], I64)},
+        opset=18,
+    ),
+    Case(
+        "reduce-l2-attr",
+        "ReduceL2",
+        {"x": (2, 3, 5)},
+        lambda t: torch.linalg.vector_norm(t["x"], dim=(0, 2)),
+        attrs={"axes": [0, 2], "keepdims": 0},
+    ),
+    Case(
         "pad",
         "Pad",
         {"x": (2, 3, 4, 4)},

@@ -219,3 +219,18 @@ def reduce_max(ctx: RuleContext) -> list[str | None]:
     hit = ctx.mask(ctx.emit("Equal", ctx.x(0), y))
     share = ctx.emit("Div", _keep_dims(ctx, ctx.grad_out(0), axes), ctx.reduce_sum(hit, axes))
     return [ctx.emit("Mul", hit, share)]
+
+
+@vjp("ReduceL2")
+def reduce_l2(ctx: RuleContext) -> list[str | None]:
+    """y = sqrt(sum x^2): dX = g x / y, and 0 where y = 0 (PyTorch's norm backward; F.normalize
+    in Swin V2's cosine attention)."""
+    axes = _reduce_axes(ctx)
+    if axes is None:  # the identity on |x|
+        sign = ctx.emit("Sign", ctx.x(0))
+        return [ctx.emit("Mul", ctx.grad_out(0), sign)]
+    y = _keep_dims(ctx, ctx.y(0), axes)
+    g = _keep_dims(ctx, ctx.grad_out(0), axes)
+    zero = ctx.emit("Equal", y, ctx.zero)
+    safe = ctx.emit("Add", y, ctx.cast(zero))  # 1 where y = 0; x is 0 there too
+    return [ctx.emit("Mul", ctx.x(0), ctx.emit("Div", g, safe))]
