@@ -1,0 +1,149 @@
+"""Reference gradients from torch autograd, in float64 (the truth) and float32 (torch's own
+rounding, which sets the allowance), with the ReLU rules applied at every rectifier.
+
+:class:`RectifierRule` is a ``TorchFunctionMode`` that routes every rectifier a model calls
+— ``nn.ReLU`` / ``F.relu`` / ``torch.relu`` / ``relu_`` / ``Tensor.relu``, and ``nn.ReLU6`` /
+``F.relu6`` / ``F.hardtanh`` with ``min_val == 0`` — through :class:`Rectifier`, whose backward
+is the requested rule. Hooking ``nn.ReLU`` modules only (as Captum does) would miss the
+functional ReLUs of GoogLeNet, Inception and DenseNet's head and every ReLU6. The rules, with
+M the upper bound (infinite for ReLU):
+
+- standard: ``g * (0 < x < M)`` (torch's own relu / hardtanh backward, strict bounds)
+- guided: ``g * (0 < x < M) * (g > 0)``
+- deconvnet: ``relu(g) * (x < M)``
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+RULES = ("standard", "guided", "deconvnet")
+
+
+class Rectifier(torch.autograd.Function):
+    """clamp(x, 0, upper) whose backward is the given rule."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, upper: float, rule: str) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.upper = upper
+        ctx.rule = rule
+        return x.clamp(min=0) if math.isinf(upper) else x.clamp(0, upper)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        below_top = x < ctx.upper
+        if ctx.rule == "deconvnet":
+            return g.clamp(min=0) * below_top, None, None
+        inside = (x > 0) & below_top
+        if ctx.rule == "guided":
+            return g * inside * (g > 0), None, None
+        return g * inside, None, None
+
+
+_RELUS = {
+    torch.relu,
+    torch.relu_,
+    F.relu,
+    F.relu_,
+    torch.Tensor.relu,
+    torch.Tensor.relu_,
+}
+_HARDTANHS = {F.hardtanh, F.hardtanh_}
+
+
+class RectifierRule(TorchFunctionMode):
+    """Apply ``rule`` at every ReLU and every clip to [0, M] (ReLU6) the model calls.
+
+    In-place variants return a new tensor instead (torchvision uses their return values), so
+    that autograd never sees a saved tensor modified in place. ``count`` says how many
+    rectifiers were intercepted.
+    """
+
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        assert rule in RULES, rule
+        self.rule = rule
+        self.count = 0
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _RELUS:
+            self.count += 1
+            return Rectifier.apply(args[0], math.inf, self.rule)
+        if func is F.relu6:
+            self.count += 1
+            return Rectifier.apply(args[0], 6.0, self.rule)
+        if func in _HARDTANHS:
+            bound = dict(zip(("min_val", "max_val"), args[1:3], strict=False))
+            bound.update({k: v for k, v in kwargs.items() if k in ("min_val", "max_val")})
+            low, high = bound.get("min_val", -1.0), bound.get("max_val", 1.0)
+            if low == 0:
+                self.count += 1
+                return Rectifier.apply(args[0], float(high), self.rule)
+        return func(*args, **kwargs)
+
+
+@dataclass
+class Reference:
+    logits: np.ndarray
+    mid_activation: np.ndarray | None
+    input_gradient: np.ndarray
+    mid_gradient: np.ndarray | None
+    rectifiers: int  # how many rectifiers the rule was applied at (0 for plain autograd)
+
+
+def gradients(
+    module: torch.nn.Module,
+    x: np.ndarray,
+    seed: np.ndarray,
+    mid: str | None,
+    rule: str,
+    dtype: torch.dtype,
+) -> Reference:
+    """d sum(seed * logits) / d(image) and / d(output of module ``mid``), in ``dtype``.
+
+    ``rule="standard"`` is plain torch autograd (no mode); the others run under
+    :class:`RectifierRule`. ``module`` is not modified (a float64 copy is made if asked).
+    """
+    net = module if dtype == torch.float32 else copy.deepcopy(module).to(dtype)
+    net.eval()
+    captured: dict[str, torch.Tensor] = {}
+    hook = None
+    if mid is not None:
+        hook = net.get_submodule(mid).register_forward_hook(
+            lambda _m, _i, out: captured.__setitem__("mid", out)
+        )
+    try:
+        xt = torch.from_numpy(x).to(dtype).requires_grad_()
+        mode = RectifierRule(rule) if rule != "standard" else None
+        if mode is None:
+            logits = net(xt)
+        else:
+            with mode:
+                logits = net(xt)
+        wrt = [xt] + ([captured["mid"]] if mid is not None else [])
+        score = (logits * torch.from_numpy(seed).to(dtype)).sum()
+        grads = torch.autograd.grad(score, wrt)
+    finally:
+        if hook is not None:
+            hook.remove()
+    mid_act = captured["mid"].detach().numpy().copy() if mid is not None else None
+    return Reference(
+        logits=logits.detach().numpy().copy(),
+        mid_activation=mid_act,
+        input_gradient=grads[0].numpy().copy(),
+        mid_gradient=grads[1].numpy().copy() if mid is not None else None,
+        rectifiers=0 if mode is None else mode.count,
+    )
