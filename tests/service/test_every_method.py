@@ -1,5 +1,6 @@
-"""Every method answers JSON with every output, on one small model: a guard against results
-that render as PNG but cannot be serialised (a numpy array left in `extras` once did)."""
+"""Every method answers JSON with every output, on a small NCHW model and its NHWC twin (layout
+detected from the graph): a guard against results that render as PNG but cannot be serialised
+(a numpy array left in `extras` once did) and against methods that assume NCHW."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from schemas.explain import ExplainRequest
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import png_bytes, tiny_card, tiny_classifier
+from tests.service.test_nhwc import first_transpose
 
 METHODS = ExplainRequest.model_fields["method"].annotation.__args__  # type: ignore[union-attr]
 OPTIONS = {
@@ -30,12 +32,14 @@ OPTIONS = {
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root: Path = tmp_path_factory.mktemp("every-method")
     ModelStore(root).add(tiny_classifier(), tiny_card())
+    ModelStore(root).add(first_transpose(8, 8), tiny_card("tiny-nhwc"))
     with TestClient(create_app(Settings(store=root))) as client:
         yield client
 
 
+@pytest.mark.parametrize("model", ["tiny", "tiny-nhwc"])
 @pytest.mark.parametrize("method", METHODS)
-def test_json_with_every_output(api: TestClient, method: str) -> None:
+def test_json_with_every_output(api: TestClient, method: str, model: str) -> None:
     image = base64.b64encode(
         png_bytes(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
     ).decode()
@@ -46,7 +50,7 @@ def test_json_with_every_output(api: TestClient, method: str) -> None:
         "options": OPTIONS.get(method, {}),
         "outputs": ["heatmap", "overlay", "array", "stats"],
     }
-    response = api.post("/v1/models/tiny/explain", json=body)
+    response = api.post(f"/v1/models/{model}/explain", json=body)
     assert response.status_code == 200, response.text[:500]
     results = response.json()["results"]
     assert len(results) == 4
