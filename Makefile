@@ -7,6 +7,8 @@ PORT ?= 8000
 STORE ?= store
 DEFAULT_MODEL ?= efficientnet-lite0
 PYTEST_ARGS ?=
+# Test workers: the suite takes ~36 min in one process on 2 cores, ~20 min on two.
+PYTEST_WORKERS ?= 2
 
 .PHONY: serve test lint typecheck store bench clean
 
@@ -33,7 +35,7 @@ serve: store
 	$(VENV)/bin/cnnvis serve --host $(HOST) --port $(PORT) --store $(STORE)
 
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -110,6 +110,18 @@ def client(store_root: Path) -> Iterator[object]:
         yield test_client
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The main process gives every process (xdist workers inherit the environment) one
+    folder to record conformance rows in."""
+    import os
+    import tempfile
+
+    from tests.conformance.table import ROWS_DIR
+
+    if not hasattr(config, "workerinput"):
+        os.environ[ROWS_DIR] = tempfile.mkdtemp(prefix="cnnvis-conformance-")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the conformance table (tests/conformance) when any of its cases ran."""
     from tests.conformance.table import write_if_asked

@@ -8,9 +8,14 @@ the table to a file.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+# Set by tests/conftest.py in the main pytest process: every process (pytest-xdist workers
+# included) appends its rows there, and the main process prints them all.
+ROWS_DIR = "CNNVIS_CONFORMANCE_ROWS"
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,22 @@ def allowance(framework_f32_error: float) -> float:
 
 def record(row: Row) -> None:
     ROWS.append(row)
+    folder = os.environ.get(ROWS_DIR)
+    if folder:
+        with open(Path(folder) / f"{os.getpid()}.jsonl", "a") as f:
+            f.write(json.dumps(asdict(row)) + "\n")
+
+
+def collected() -> list[Row]:
+    """Every process's rows (this process's alone when no folder is set)."""
+    folder = os.environ.get(ROWS_DIR)
+    if not folder:
+        return list(ROWS)
+    return [
+        Row(**json.loads(line))
+        for path in sorted(Path(folder).glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
 
 
 def _fmt(value: float | None) -> str:
@@ -46,7 +67,7 @@ def markdown() -> str:
         "| source | family | exporter | quantity | error | allowance | status | note |",
         "|---|---|---|---|---:|---:|---|---|",
     ]
-    order = sorted(ROWS, key=lambda r: (r.source, r.family, r.exporter, r.quantity))
+    order = sorted(collected(), key=lambda r: (r.source, r.family, r.exporter, r.quantity))
     for r in order:
         note = r.note.replace("|", "\\|").replace("\n", " ")[:160]
         lines.append(
@@ -57,7 +78,7 @@ def markdown() -> str:
 
 
 def write_if_asked() -> str | None:
-    if not ROWS:
+    if not collected():
         return None
     text = markdown()
     target = os.environ.get("CNNVIS_CONFORMANCE_TABLE")
