@@ -15,11 +15,8 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -31,7 +28,7 @@ from models_store.store import ModelRecord
 from models_store.validate import input_layout
 from schemas.card import InputSpec
 from service.explain.layout import CanonicalRunner
-from service.runtime.runner import ModelRunner
+from service.runtime.runner import ModelRunner, write_atomic
 from service.state import AppState, fed_dims
 
 __all__ = ["InputPlan", "canonical_runner", "input_plan", "layer_layouts", "to_input_dtype"]
@@ -144,7 +141,8 @@ def _float_runner(state: AppState, record: ModelRecord, plan: InputPlan) -> Mode
     sha = f"{record.sha256}:float-input:{FLOAT_INPUT_VERSION}"
     path = record.derived_dir / f"float-input-{FLOAT_INPUT_VERSION}.onnx"
     if not path.exists():
-        _write_atomic(path, variant.SerializeToString())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, variant.SerializeToString())
     score = record.card.output.name or graph_outputs(record.model)[0].name
     runner = ModelRunner(
         path,
@@ -158,15 +156,3 @@ def _float_runner(state: AppState, record: ModelRecord, plan: InputPlan) -> Mode
     with _lock:
         runner = _float_runners.setdefault(key, runner)
     return runner
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -85,7 +85,8 @@ class _Graph:
     spec: CompanionSpec | None = None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (atomic)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -253,7 +254,7 @@ class ModelRunner:
         path = self.derived_dir / f"{kind}-{key}.onnx"
         if not path.exists():
             self.derived_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, make().SerializeToString())
+            write_atomic(path, make().SerializeToString())
         return path
 
     def _forward_graph(self, extra: tuple[str, ...]) -> _Graph:
