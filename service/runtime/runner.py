@@ -15,7 +15,8 @@ temporary file in the same folder, then ``os.replace``); the runner also remembe
 ``open_session`` callable (the service passes ``SessionCache.get``, which caches them by path).
 Thread-safe: concurrent callers asking for the same graph wait for a single build.
 
-Inputs are assumed NCHW (the layout the companion builder and the methods use).
+Inputs are fed in the model's own layout; service.explain.layout.CanonicalRunner wraps a runner so
+the methods see NCHW rows and (R, K, h, w) layers whatever that layout is.
 
 Batch limits: the source model's image input declares its batch dimension; a fixed
 ``dim_value`` N (e.g. ``torch.onnx.export`` without ``dynamic_axes`` gives 1) means every run
