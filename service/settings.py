@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime's default.")
     inter_op_threads: int = Field(0, ge=0, description="0 = onnxruntime's default.")
+    thread_spinning: bool = Field(
+        False,
+        description="Let onnxruntime's threads spin-wait after a run. Off: one request runs"
+        " several sessions in turn (forward, companion, head), and a pool still spinning"
+        " takes the cores the next session needs (docs/BENCHMARKS.md).",
+    )
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
     gpu_device_id: int = 0
     session_cache_size: int = Field(16, ge=1, description="onnxruntime sessions kept open.")

@@ -87,6 +87,9 @@ def open_session(path: Path, settings: Settings) -> Session:
         options.intra_op_num_threads = settings.intra_op_threads
     if settings.inter_op_threads:
         options.inter_op_num_threads = settings.inter_op_threads
+    if not settings.thread_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = provider_list(settings)
     inner: ort.InferenceSession | None = None
     try:
