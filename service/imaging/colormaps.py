@@ -20,7 +20,7 @@ import numpy as np
 
 from service.errors import ProblemError
 
-__all__ = ["COLORMAPS", "apply_colormap", "colormap_table"]
+__all__ = ["COLORMAPS", "apply_colormap", "colormap_index", "colormap_table"]
 
 _JET_ANCHORS = {
     "r": ((0.0, 3 / 8, 5 / 8, 7 / 8, 1.0), (0.0, 0.0, 1.0, 1.0, 0.5)),
@@ -106,18 +106,43 @@ def colormap_table(name: str) -> np.ndarray:
         ) from None
 
 
+# Pixels per block of the blockwise loops here and in render: a block's float64 temporaries
+# (512 KiB) stay in cache, and a 12-megapixel map never needs more than a few of them.
+BLOCK_PIXELS = 1 << 16
+
+
+def row_blocks(height: int, width: int, block: int = BLOCK_PIXELS) -> list[slice]:
+    """Row slices of about ``block`` pixels each (at least one row) covering ``height`` rows."""
+    step = max(1, block // max(1, width))
+    return [slice(r, min(height, r + step)) for r in range(0, height, step)]
+
+
 def apply_colormap(map01: np.ndarray, name: str = "jet") -> np.ndarray:
     """Colour a map with values in [0, 1] (HxW) -> HxWx3 uint8 RGB.
 
     Values are clipped to [0, 1] and quantised by rounding (``floor(255 x + 0.5)``); NaN
     takes the colour of 0.
     """
-    return colormap_table(name)[colormap_index(map01)]
+    table = colormap_table(name)
+    return np.take(table, colormap_index(map01), axis=0, mode="clip")
 
 
 def colormap_index(map01: np.ndarray) -> np.ndarray:
-    """The table row of each pixel (HxW uint8): what :func:`apply_colormap` looks up."""
-    m = np.asarray(map01, dtype=np.float64)
+    """The table row of each pixel (HxW uint8): what :func:`apply_colormap` looks up.
+
+    ``floor(255 clip(x, 0, 1) + 0.5)`` computed in float64 (exact for float32 input), block
+    by block so that temporaries stay small; ``fmax``/``fmin`` send NaN to 0 and +-inf to the
+    ends, as ``nan_to_num`` then ``clip`` would.
+    """
+    m = np.asarray(map01)
     if m.ndim != 2:
         raise ValueError(f"apply_colormap expects an HxW map, got shape {m.shape}")
-    return np.floor(np.clip(np.nan_to_num(m, nan=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out = np.empty(m.shape, dtype=np.uint8)
+    for rows in row_blocks(*m.shape):
+        x = m[rows].astype(np.float64)  # always a fresh block we may overwrite
+        np.fmax(x, 0.0, out=x)
+        np.fmin(x, 1.0, out=x)
+        x *= 255.0
+        x += 0.5
+        out[rows] = x  # truncation is floor here: x >= 0.5
+    return out

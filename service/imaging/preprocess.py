@@ -34,6 +34,7 @@ from PIL import Image
 
 from schemas.card import InputSpec
 from service.imaging.decode import to_8bit
+from service.imaging.render import Taps, separable_resize
 
 __all__ = [
     "Geometry",
@@ -150,40 +151,39 @@ def preprocess(images: Sequence[Image.Image], spec: InputSpec) -> np.ndarray:
     return preprocess_with_geometry(images, spec)[0]
 
 
-def _axis_matrix(
+def _axis_taps(
     n_out: int, n_orig_resized: float, n_orig: int, offset: int, n_map: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear weights (n_out x n_map) from map samples to original pixels, and a validity mask.
+) -> tuple[Taps, np.ndarray]:
+    """Two-tap bilinear weights from map samples to original pixels, and a validity mask.
 
     Original pixel i has its centre at resized coordinate (i + 0.5) * resized / original - 0.5,
-    which is map coordinate that minus ``offset`` (the crop's start).
+    which is map coordinate that minus ``offset`` (the crop's start); more than half a map
+    pixel outside the map, it is "outside".
     """
     pos = (np.arange(n_out) + 0.5) * (n_orig_resized / n_orig) - 0.5 - offset
     inside = (pos >= -0.5) & (pos <= n_map - 0.5)
     pos = np.clip(pos, 0.0, n_map - 1)
     lo = np.floor(pos).astype(np.intp)
     hi = np.minimum(lo + 1, n_map - 1)
-    frac = pos - lo
-    weights = np.zeros((n_out, n_map))
-    rows = np.arange(n_out)
-    np.add.at(weights, (rows, lo), 1.0 - frac)
-    np.add.at(weights, (rows, hi), frac)
-    return weights, inside
+    return (lo, hi, pos - lo), inside
 
 
 def to_original(map_hw: np.ndarray, geometry: Geometry, fill: float = 0.0) -> np.ndarray:
-    """A map at the model's input size (h, w) -> float32 map on the original image's grid."""
-    m = np.asarray(map_hw, dtype=np.float64)
+    """A map at the model's input size (h, w) -> float32 map on the original image's grid.
+
+    Separable two-tap interpolation in float32, rows then column blocks: ~90 ms for a
+    224x224 map on a 12-megapixel photo (bench/render_bench.py)."""
+    m = np.asarray(map_hw, dtype=np.float32)
     if m.shape[:2] != geometry.input_size:
         raise ValueError(f"map is {m.shape[:2]}, expected the input size {geometry.input_size}")
     (oh, ow), (rh, rw) = geometry.original_size, geometry.resized_size
     left, top, _, _ = geometry.crop_box
-    wy, inside_y = _axis_matrix(oh, rh, oh, top, m.shape[0])
-    wx, inside_x = _axis_matrix(ow, rw, ow, left, m.shape[1])
-    out = np.einsum("ih,hw...,jw->ij...", wy, m, wx)
-    outside = ~(inside_y[:, None] & inside_x[None, :])
-    out[outside] = fill
-    return out.astype(np.float32)
+    ty, inside_y = _axis_taps(oh, rh, oh, top, m.shape[0])
+    tx, inside_x = _axis_taps(ow, rw, ow, left, m.shape[1])
+    out = separable_resize(m, ty, tx, np.float32)
+    out[~inside_y] = fill
+    out[:, ~inside_x] = fill
+    return out
 
 
 def box_to_input(box: Sequence[float], geometry: Geometry) -> tuple[float, float, float, float]:
