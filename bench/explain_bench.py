@@ -1,12 +1,17 @@
 """Explain end to end over HTTP vs the plain onnxruntime forward vs pytorch-grad-cam, one run.
 
-    .venv/bin/python bench/explain_bench.py [--repeat 20] [--quick]
+    .venv/bin/python bench/explain_bench.py [--repeat 20] [--quick] [--targets-only]
 
 resnet50 (torchvision, seeded random weights), one 224x224 image (the skimage cat, resized),
 on this machine's CPU. Prints a Markdown table for docs/BENCHMARKS.md: each method's p50 over
 HTTP (decode, preprocess, onnxruntime, method, render, PNG, base64, JSON) and its ratio to the
 plain forward measured in the same run; GradCAM against pytorch-grad-cam in-process; and
 Score-CAM against pytorch-grad-cam's ScoreCAM at equal batch size (resnet18, 512 channels).
+
+First, "whatever is asked" (issue 10): JSON bodies with the base64 PNG, ``outputs:
+["overlay"]``, for top1, an explicit class, top_k 5, and Eigen-CAM, saliency and guided
+backprop; each with the server's own timings, against the plain forward and
+pytorch-grad-cam's GradCAM (explicit target) timed in the same run.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="skip the slow methods")
+    parser.add_argument("--targets-only", action="store_true", help="only the first table")
     args = parser.parse_args()
 
     import httpx
@@ -103,6 +109,9 @@ def main() -> None:
     server = Server(store, max_batch_size=1)
     try:
         client = httpx.Client(base_url=server.url, timeout=600)
+        targets_table(client, png, forward, ref_gradcam, target, args.repeat)
+        if args.targets_only:
+            return
         for method, options in METHODS.items():
             if args.quick and method in SLOW:
                 continue
@@ -165,6 +174,52 @@ def main() -> None:
         f"Score-CAM, resnet18, batch 32: pytorch-grad-cam {ref_score:.0f} ms, cnnvis over HTTP"
         f" {ours_scorecam:.0f} ms (ratio {ours_scorecam / ref_score:.2f})"
     )
+
+
+ASKED = [  # (label, method, targets)
+    ("gradcam, top1", "gradcam", "top1"),
+    ("gradcam, explicit class", "gradcam", "explicit"),
+    ("gradcam, top_k 5", "gradcam", {"top_k": 5}),
+    ("eigencam", "eigencam", "top1"),
+    ("saliency, top1", "saliency", "top1"),
+    ("saliency, explicit class", "saliency", "explicit"),
+    ("guided_backprop, top1", "guided_backprop", "top1"),
+]
+
+
+def targets_table(
+    client: object, png: bytes, forward: float, ref_gradcam: float, target: int, repeat: int
+) -> None:
+    """JSON bodies, overlay only: p50 over HTTP, the server's timings, ratios."""
+    import base64
+
+    image = base64.b64encode(png).decode()
+    print(f"plain onnxruntime forward, resnet50, 1x3x224x224: p50 {forward:.1f} ms")
+    print(f"pytorch-grad-cam GradCAM, explicit class, in-process: p50 {ref_gradcam:.1f} ms\n")
+    print(
+        "| request (outputs: overlay) | p50 over HTTP (ms) | x forward"
+        " | pytorch-grad-cam GradCAM / this | server timings (ms, last call) |"
+    )
+    print("|---|---:|---:|---:|---|")
+    for label, method, targets in ASKED:
+        body = {
+            "images": [image],
+            "method": method,
+            "targets": [target] if targets == "explicit" else targets,
+            "outputs": ["overlay"],
+        }
+        timings: dict[str, float] = {}
+
+        def call(body: dict = body, timings: dict = timings) -> None:
+            r = client.post("/v1/models/resnet50/explain", json=body)  # type: ignore[attr-defined]
+            assert r.status_code == 200, r.text[:300]
+            timings.update(r.json()["timings_ms"])
+
+        ms = p50(time_it(call, repeat, warmup=2))
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if k != "total")
+        versus = f"{ref_gradcam / ms:.1f}x" if method == "gradcam" else "-"
+        print(f"| {label} | {ms:.1f} | {ms / forward:.2f}x | {versus} | {shown} |")
+    print()
 
 
 if __name__ == "__main__":

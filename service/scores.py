@@ -28,14 +28,20 @@ def probabilities(scores: np.ndarray, card: ModelCard) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-scores))
 
 
+def ranked(scores: np.ndarray, k: int) -> np.ndarray:
+    """(batch, min(k, classes)) class indices, best first: by score, ties to the lower index.
+    The order of the probabilities too (softmax and sigmoid are monotonic), without the ties
+    their saturation makes."""
+    scores = np.asarray(scores)
+    return np.argsort(-scores, axis=1, kind="stable")[:, : min(k, scores.shape[1])]
+
+
 def top_k(scores: np.ndarray, card: ModelCard, k: int) -> list[list[ClassScore]]:
     probs = probabilities(scores, card)
-    k = min(k, scores.shape[1])
-    ranked = []
-    for row_scores, row_probs in zip(scores, probs, strict=True):
-        order = np.argsort(-row_probs, kind="stable")[:k]
-        ranked.append([class_score(int(i), row_scores, row_probs, card) for i in order])
-    return ranked
+    return [
+        [class_score(int(i), row_scores, row_probs, card) for i in order]
+        for order, row_scores, row_probs in zip(ranked(scores, k), scores, probs, strict=True)
+    ]
 
 
 def class_score(index: int, scores: np.ndarray, probs: np.ndarray, card: ModelCard) -> ClassScore:

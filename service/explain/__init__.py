@@ -22,6 +22,7 @@ from . import perturbation as _perturbation  # noqa: F401
 from .cam import fuse_maps
 from .layout import CanonicalRunner
 from .registry import METHODS, Method, MethodOutput, get_method, resolve_options
+from .targets import has_ranks, resolve_ranks
 
 __all__ = [
     "METHODS",
@@ -49,8 +50,9 @@ def run_method(
 ) -> MethodOutput:
     """Run ``method`` on rows ``x`` (R, C, H, W), NCHW, already preprocessed and expanded to
     one row per (image, target); ``targets[r]`` is row r's class index (validated by the
-    caller). ``layers`` are tensor names (needed by the CAM family, scorecam, ablationcam and
-    guided_gradcam; ignored by the others).
+    caller) or, for a method registered ``ranked``, a rank (``targets.rank_target``); the
+    output's ``targets`` are the classes explained. ``layers`` are tensor names (needed by
+    the CAM family, scorecam, ablationcam and guided_gradcam; ignored by the others).
 
     Returns a :class:`MethodOutput`: for CAM and Score/Ablation-CAM one raw (R, h, w) float32
     map per layer at layer resolution (no ReLU, no normalisation); for gradient methods one
@@ -68,4 +70,10 @@ def run_method(
     layers = tuple(layers)
     if spec.uses_layers and not layers:
         raise ProblemError(f"method {method!r} needs at least one layer")
-    return spec.fn(runner, x, [int(t) for t in targets], layers, opts)
+    targets = [int(t) for t in targets]
+    if has_ranks(targets) and not spec.ranked:
+        raise ValueError(f"method {method!r} takes class indices, not ranks")
+    output = spec.fn(runner, x, targets, layers, opts)
+    if output.targets is None:  # ranks the method left to its (only) run's scores
+        output.targets = resolve_ranks(targets, output.scores)
+    return output

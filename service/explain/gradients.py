@@ -12,7 +12,7 @@ import numpy as np
 
 from service.runtime.runner import ModelRunner
 
-from .cam import CAM_FUNCTIONS, onehot, upsample
+from .cam import CAM_FUNCTIONS, layer_gradients, onehot, upsample
 from .registry import (
     BATCH_SIZE,
     MethodOutput,
@@ -24,6 +24,7 @@ from .registry import (
     number_or_choice,
     register,
 )
+from .targets import TOP_CLASS, distinct_rows, resolve_ranks
 
 RECTIFIERS = Option(
     "all",
@@ -50,11 +51,26 @@ def input_gradient(
     batch_size: int | None = None,
     classes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(dS_target/dX, scores) for each row."""
+    """(dS_target/dX, scores) for each row; ``targets`` are classes, ``TOP_CLASS`` (seeded in
+    the graph) or resolved ranks (see :func:`explicit_ranks`)."""
     seed = onehot(targets, classes or runner.num_classes(x))
     res = runner.gradients(x, seed, (), rule=rule, input_gradient=True, batch_size=batch_size)
     assert res.input_gradient is not None
     return res.input_gradient, res.score
+
+
+def explicit_ranks(
+    runner: ModelRunner, x: np.ndarray, targets: Sequence[int], batch_size: int | None
+) -> tuple[list[int], np.ndarray | None]:
+    """Targets the companion graph can seed: ranks past the first resolved by one forward of
+    each distinct image (the classes, or None when nothing needed resolving). Every row's
+    input gradient needs its own backward pass, so a trunk/head split gains nothing here."""
+    if not any(t < TOP_CLASS for t in targets):
+        return list(targets), None
+    unique, of_row = distinct_rows(x)
+    scores, _ = runner.forward(unique, batch_size=batch_size)
+    resolved = resolve_ranks(targets, scores[of_row])
+    return resolved.tolist(), resolved
 
 
 @register(
@@ -65,7 +81,7 @@ def input_gradient(
         "abs": Option(False, boolean, "return |dS/dX| instead of the signed gradient"),
     },
     uses_layers=False,
-    top_class=True,
+    ranked=True,
 )
 def saliency(
     runner: ModelRunner,
@@ -75,15 +91,18 @@ def saliency(
     options: dict[str, Any],
 ) -> MethodOutput:
     """Saliency (Simonyan et al. 2014): dS/dX (render.reduce abs_max gives the classic map)."""
+    targets, resolved = explicit_ranks(runner, x, targets, options["batch_size"])
     g, scores = input_gradient(runner, x, targets, batch_size=options["batch_size"])
     return MethodOutput(
-        "gradient", [np.abs(g) if options["abs"] else g], scores, resolution="input"
+        "gradient",
+        [np.abs(g) if options["abs"] else g],
+        scores,
+        resolution="input",
+        targets=resolved,
     )
 
 
-@register(
-    "inputxgradient", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False, top_class=True
-)
+@register("inputxgradient", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False, ranked=True)
 def inputxgradient(
     runner: ModelRunner,
     x: np.ndarray,
@@ -92,8 +111,9 @@ def inputxgradient(
     options: dict[str, Any],
 ) -> MethodOutput:
     """Input x Gradient (Shrikumar et al. 2016): X * dS/dX."""
+    targets, resolved = explicit_ranks(runner, x, targets, options["batch_size"])
     g, scores = input_gradient(runner, x, targets, batch_size=options["batch_size"])
-    return MethodOutput("gradient", [x * g], scores, resolution="input")
+    return MethodOutput("gradient", [x * g], scores, resolution="input", targets=resolved)
 
 
 @register(
@@ -101,7 +121,7 @@ def inputxgradient(
     "gradient",
     {"batch_size": BATCH_SIZE, "rectifiers": RECTIFIERS},
     uses_layers=False,
-    top_class=True,
+    ranked=True,
 )
 def guided_backprop(
     runner: ModelRunner,
@@ -113,8 +133,9 @@ def guided_backprop(
     """Guided backpropagation (Springenberg et al. 2015): through each rectifier the gradient
     is g * [unit passes x] * (g > 0); every other op keeps its true derivative."""
     rule = rectifier_rule("guided", options)
+    targets, resolved = explicit_ranks(runner, x, targets, options["batch_size"])
     g, scores = input_gradient(runner, x, targets, rule=rule, batch_size=options["batch_size"])
-    return MethodOutput("gradient", [g], scores, resolution="input")
+    return MethodOutput("gradient", [g], scores, resolution="input", targets=resolved)
 
 
 @register(
@@ -122,7 +143,7 @@ def guided_backprop(
     "gradient",
     {"batch_size": BATCH_SIZE, "rectifiers": RECTIFIERS},
     uses_layers=False,
-    top_class=True,
+    ranked=True,
 )
 def deconvnet(
     runner: ModelRunner,
@@ -135,8 +156,9 @@ def deconvnet(
     forward mask is ignored; a ReLU6's flat top still blocks); max pools route to their
     argmax (the "switches")."""
     rule = rectifier_rule("deconvnet", options)
+    targets, resolved = explicit_ranks(runner, x, targets, options["batch_size"])
     g, scores = input_gradient(runner, x, targets, rule=rule, batch_size=options["batch_size"])
-    return MethodOutput("gradient", [g], scores, resolution="input")
+    return MethodOutput("gradient", [g], scores, resolution="input", targets=resolved)
 
 
 @register(
@@ -151,7 +173,7 @@ def deconvnet(
         ),
         "rectifiers": RECTIFIERS,
     },
-    top_class=True,
+    ranked=True,
 )
 def guided_gradcam(
     runner: ModelRunner,
@@ -162,9 +184,9 @@ def guided_gradcam(
 ) -> MethodOutput:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop * relu(gradcam) upsampled to
     the input size; several layers: the mean of their upsampled relu(gradcam) maps."""
-    classes = runner.num_classes(x)
-    seed = onehot(targets, classes)
-    res = runner.gradients(x, seed, layers, batch_size=options["batch_size"])
+    res, resolved = layer_gradients(runner, x, targets, layers, batch_size=options["batch_size"])
+    if resolved is None:  # the guided run explains the class the first run chose
+        resolved = resolve_ranks(targets, res.score)
     size = (x.shape[2], x.shape[3])
     cams = [
         upsample(
@@ -178,10 +200,10 @@ def guided_gradcam(
     guided, _ = input_gradient(
         runner,
         x,
-        targets,
+        resolved.tolist(),
         rule=rectifier_rule("guided", options),
         batch_size=options["batch_size"],
-        classes=classes,
+        classes=res.score.shape[1],
     )
     return MethodOutput(
         "gradient",
@@ -189,6 +211,7 @@ def guided_gradcam(
         res.score,
         {"gradcam": weight},
         resolution="input",
+        targets=resolved,
     )
 
 

@@ -131,6 +131,37 @@ class CanonicalRunner(_Base):  # type: ignore[misc,valid-type]
             input_gradient=input_gradient,
             batch_size=batch_size,
         )
+        return self._canonical(res, layers)
+
+    def can_split(self, layer: str) -> bool:
+        return layer not in self.token_grids and self.inner.can_split(layer)
+
+    def split_point(self, layers: Sequence[str]) -> str | None:
+        if any(layer in self.token_grids for layer in layers):
+            return None  # a grid without its class token cannot be fed back
+        return self.inner.split_point(layers)
+
+    def head_gradients(
+        self,
+        cut: str,
+        activation: np.ndarray,
+        seed: np.ndarray,
+        layers: Sequence[str],
+        *,
+        rule: str = "standard",
+        batch_size: int | None = None,
+    ) -> Gradients:
+        res = self.inner.head_gradients(
+            cut,
+            self.layer_from_nchw(cut, activation),
+            seed,
+            layers,
+            rule=rule,
+            batch_size=batch_size,
+        )
+        return self._canonical(res, layers)
+
+    def _canonical(self, res: Gradients, layers: Sequence[str]) -> Gradients:
         return Gradients(
             score=res.score,
             activations=[
@@ -143,9 +174,6 @@ class CanonicalRunner(_Base):  # type: ignore[misc,valid-type]
             if res.input_gradient is None
             else self.from_model(res.input_gradient),
         )
-
-    def can_split(self, layer: str) -> bool:
-        return layer not in self.token_grids and self.inner.can_split(layer)
 
     def forward_from(
         self, layer: str, activation: np.ndarray, batch_size: int | None = None

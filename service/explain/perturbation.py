@@ -25,6 +25,7 @@ from .registry import (
     pair,
     register,
 )
+from .targets import distinct_rows, resolve_ranks
 
 MASK_EPS = 1e-8  # pytorch-grad-cam's, in the per-channel min-max of Score-CAM masks
 
@@ -66,6 +67,7 @@ def _batches(n: int, size: int) -> Iterator[slice]:
             "perturb only the channels with the largest mean activation",
         ),
     },
+    ranked=True,
 )
 def scorecam(
     runner: ModelRunner,
@@ -79,7 +81,9 @@ def scorecam(
     ``score: logit`` (pytorch-grad-cam); softmax_k of class probabilities for
     ``probability``; S_k - S(zeros) without softmax for ``logit_minus_baseline``."""
     bs = options["batch_size"]
-    scores, acts = runner.forward(x, extra=layers, batch_size=bs)
+    unique, of_row = distinct_rows(x)  # the masked runs score every class: once per image
+    scores, acts = runner.forward(unique, extra=layers, batch_size=bs)
+    targets = resolve_ranks(targets, scores[of_row])
     size = (x.shape[2], x.shape[3])
     mode = options["score"]
     base = None
@@ -87,10 +91,10 @@ def scorecam(
         base = runner.forward(np.zeros_like(x[:1]))[0][0]
     maps = []
     for a in acts:
-        weights = np.zeros(a.shape[:2], dtype=np.float64)
-        for r in range(x.shape[0]):
-            channels = _channels(a[r], options["max_channels"])
-            up = resize_align_corners(a[r, channels].astype(np.float64), size)
+        weights = np.zeros((len(x), a.shape[1]), dtype=np.float64)
+        for u in range(len(unique)):
+            channels = _channels(a[u], options["max_channels"])
+            up = resize_align_corners(a[u, channels].astype(np.float64), size)
             lo = up.min(axis=(1, 2), keepdims=True)
             hi = up.max(axis=(1, 2), keepdims=True)
             masks = ((up - lo) / (hi - lo + MASK_EPS)).astype(np.float32)
@@ -100,21 +104,22 @@ def scorecam(
             varying = np.flatnonzero(~constant)
             logits = np.empty((len(channels), scores.shape[1]), dtype=np.float64)
             for sl in _batches(len(varying), bs):
-                batch = x[r][None] * masks[varying[sl], None]
+                batch = unique[u][None] * masks[varying[sl], None]
                 logits[varying[sl]] = runner.forward(batch)[0]
             if constant.any():
-                logits[constant] = runner.forward(np.zeros_like(x[r][None]))[0][0]
-            c = targets[r]
-            if mode == "logit":
-                w = _softmax(logits[:, c])
-            elif mode == "probability":
-                w = _softmax(_softmax(logits, axis=1)[:, c])
-            else:
-                assert base is not None
-                w = logits[:, c] - base[c]
-            weights[r, channels] = w
-        maps.append(_weighted(weights, a.astype(np.float64)).astype(np.float32))
-    return MethodOutput("perturbation", maps, scores)
+                logits[constant] = runner.forward(np.zeros_like(unique[u][None]))[0][0]
+            for r in np.flatnonzero(of_row == u):
+                c = targets[r]
+                if mode == "logit":
+                    w = _softmax(logits[:, c])
+                elif mode == "probability":
+                    w = _softmax(_softmax(logits, axis=1)[:, c])
+                else:
+                    assert base is not None
+                    w = logits[:, c] - base[c]
+                weights[r, channels] = w
+        maps.append(_weighted(weights, a[of_row].astype(np.float64)).astype(np.float32))
+    return MethodOutput("perturbation", maps, scores[of_row], targets=targets)
 
 
 @register(
@@ -127,6 +132,7 @@ def scorecam(
             None, integer(1, 1_000_000), "ablate only the channels with the largest mean activation"
         ),
     },
+    ranked=True,
 )
 def ablationcam(
     runner: ModelRunner,
@@ -139,36 +145,40 @@ def ablationcam(
     zero at the layer. Only the head (layer -> score) is re-run when the graph can be cut at
     the layer; otherwise the full forward with the layer multiplied by a channel mask."""
     bs = options["batch_size"]
-    scores, acts = runner.forward(x, extra=layers, batch_size=bs)
+    unique, of_row = distinct_rows(x)  # the ablated runs score every class: once per image
+    scores, acts = runner.forward(unique, extra=layers, batch_size=bs)
+    targets = resolve_ranks(targets, scores[of_row])
     maps = []
     for layer, a in zip(layers, acts, strict=False):
         split = runner.can_split(layer)
-        weights = np.zeros(a.shape[:2], dtype=np.float64)
-        for r in range(x.shape[0]):
-            c = targets[r]
-            channels = _channels(a[r], options["max_channels"])
+        weights = np.zeros((len(x), a.shape[1]), dtype=np.float64)
+        for u in range(len(unique)):
+            channels = _channels(a[u], options["max_channels"])
             # zeroing an all-zero channel changes nothing, and its map contribution is
             # w_k * A_k = 0 whatever w_k: only the live channels are run
-            channels = channels[a[r, channels].reshape(len(channels), -1).any(axis=1)]
-            original = float(scores[r, c])
+            channels = channels[a[u, channels].reshape(len(channels), -1).any(axis=1)]
+            if not len(channels):  # every channel is dead: the map is zero
+                continue
             ablated = []
             for sl in _batches(len(channels), bs):
                 chosen = channels[sl]
                 if split:
-                    batch = np.repeat(a[r][None], len(chosen), axis=0)
+                    batch = np.repeat(a[u][None], len(chosen), axis=0)
                     batch[np.arange(len(chosen)), chosen] = 0.0
-                    ablated.append(runner.forward_from(layer, batch)[:, c])
+                    ablated.append(runner.forward_from(layer, batch))
                 else:
                     mask = np.ones((len(chosen), a.shape[1], 1, 1), dtype=np.float32)
                     mask[np.arange(len(chosen)), chosen] = 0.0
-                    xs = np.repeat(x[r][None], len(chosen), axis=0)
-                    ablated.append(runner.forward_masked(xs, layer, mask)[:, c])
-            if not ablated:  # every channel is dead: the map is zero
-                continue
-            drop = original - np.concatenate(ablated).astype(np.float64)
-            weights[r, channels] = drop / original if original != 0 else drop
-        maps.append(_weighted(weights, a.astype(np.float64)).astype(np.float32))
-    return MethodOutput("perturbation", maps, scores)
+                    xs = np.repeat(unique[u][None], len(chosen), axis=0)
+                    ablated.append(runner.forward_masked(xs, layer, mask))
+            ablated_scores = np.concatenate(ablated).astype(np.float64)  # (channels, classes)
+            for r in np.flatnonzero(of_row == u):
+                c = targets[r]
+                original = float(scores[u, c])
+                drop = original - ablated_scores[:, c]
+                weights[r, channels] = drop / original if original != 0 else drop
+        maps.append(_weighted(weights, a[of_row].astype(np.float64)).astype(np.float32))
+    return MethodOutput("perturbation", maps, scores[of_row], targets=targets)
 
 
 @register(

@@ -27,6 +27,8 @@ class MethodOutput:
     extras: dict[str, Any] = field(default_factory=dict)
     # "layer": one (R, h, w) map per layer; "input": one (R, C|1, H, W) attribution
     resolution: Literal["layer", "input"] = "layer"
+    # the class explained in each row (R,): rank targets resolved; run_method fills it in
+    targets: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,10 @@ class Method:
     options: dict[str, Option]
     doc: str
     uses_layers: bool = True
-    # honours cam.TOP_CLASS targets: every run sees the posted rows themselves, so the
-    # companion graph seeds each row's own top class, or the method reads it from the same
-    # forward (not SmoothGrad's noisy copies, not IG's path, not the perturbation methods)
-    top_class: bool = False
+    # accepts rank targets (service/explain/targets.py) and resolves them from the run it
+    # makes anyway: its first run sees the posted rows themselves (not SmoothGrad's noisy
+    # copies, not IG's path, not occlusion's)
+    ranked: bool = False
 
     def defaults(self) -> dict[str, Any]:
         return {k: o.default for k, o in self.options.items()}
@@ -65,13 +67,13 @@ def register(
     options: dict[str, Option],
     *,
     uses_layers: bool = True,
-    top_class: bool = False,
+    ranked: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
     def deco(fn: MethodFn) -> MethodFn:
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
         METHODS[name] = Method(
-            name, kind, fn, dict(options), (fn.__doc__ or "").strip(), uses_layers, top_class
+            name, kind, fn, dict(options), (fn.__doc__ or "").strip(), uses_layers, ranked
         )
         return fn
 

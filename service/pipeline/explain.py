@@ -17,8 +17,7 @@ from models_store.errors import ProblemError
 from models_store.store import ModelRecord
 from schemas.explain import ArrayOut, ExplainRequest, ExplainResult, Stats, Target
 from service.explain import get_method, run_method
-from service.explain.cam import TOP_CLASS
-from service.imaging.colormaps import apply_colormap
+from service.explain.targets import rank_target
 from service.imaging.decode import to_8bit
 from service.imaging.preprocess import (
     Geometry,
@@ -33,14 +32,13 @@ from service.imaging.render import (
     encode_colormapped_png,
     encode_png,
     map_stats,
-    overlay,
-    resize_map,
+    overlay_map,
     to_base64,
 )
 from service.pipeline.heatmaps import finish, fuse_cam_layers, gradient_map
 from service.pipeline.layout import canonical_runner, input_plan
 from service.pipeline.limits import check_work
-from service.pipeline.targets import resolve_targets
+from service.pipeline.targets import explicit_targets, requested_k, resolve_targets
 from service.scores import class_score, probabilities
 from service.state import AppState
 
@@ -80,36 +78,52 @@ def explain(
         state.summary(record),
         (card.input.height, card.input.width),
     )
-    auto = body.targets == "top1" and get_method(body.method).top_class
-    if auto:  # one run: the companion graph seeds each row's top class itself
-        rows = [(i, TOP_CLASS) for i in range(len(images))]
-    else:
-        scores, _ = runner.forward(x)
-        targets = resolve_targets(body.targets, scores, card, state.settings.max_top_k)
-        rows = [(i, t) for i, image_targets in enumerate(targets) for t in image_targets]
-    timings["inference"] = _lap(clock)
+    method = get_method(body.method)
+    rows = _rows(state, body, record, runner, x, method.ranked)
+    timings["preprocess"] = _lap(clock)  # and target choice; every model run is "method"
 
     clock = time.perf_counter()
     image_of_row = np.array([i for i, _ in rows])
     output = run_method(
         body.method, runner, x[image_of_row], [t for _, t in rows], layers, body.options
     )
-    if auto:
-        scores = output.scores
-        rows = [(i, int(t)) for i, t in enumerate(np.argmax(scores, axis=1))]
+    scores = output.scores  # one row per (image, target), from the method's own run
     probs = probabilities(scores, card)
     timings["method"] = _lap(clock)
 
     clock = time.perf_counter()
     results, pngs = [], []
-    for r, (i, target) in enumerate(rows):
+    for r, (i, _) in enumerate(rows):
         result, image_png = _render_row(body, output, r, images[i], geometries[i], png)
-        cs = class_score(target, scores[i], probs[i], card)
+        cs = class_score(int(output.targets[r]), scores[r], probs[r], card)  # type: ignore[index]
         result.image, result.target = i, Target(**vars(cs))
         results.append(result)
         pngs.append(image_png)
     timings["render"] = _lap(clock)
     return Explained(layers, runner.provider, results, pngs, timings)
+
+
+def _rows(
+    state: AppState,
+    body: ExplainRequest,
+    record: ModelRecord,
+    runner: object,
+    x: np.ndarray,
+    ranked: bool,
+) -> list[tuple[int, int]]:
+    """(image, target) per result. Explicit classes need no run; top_k is handed to a ranked
+    method as ranks (it reads them from its own run), others get a forward first."""
+    limit = state.settings.max_top_k
+    k = requested_k(body.targets, limit)
+    classes = runner.num_classes(x)  # type: ignore[attr-defined]
+    if k is None:
+        per_image = explicit_targets(body.targets, len(x), classes, record.card, limit)
+    elif ranked:
+        per_image = [[rank_target(j) for j in range(min(k, classes))]] * len(x)
+    else:
+        scores, _ = runner.forward(x)  # type: ignore[attr-defined]
+        per_image = resolve_targets(body.targets, scores, record.card, limit)
+    return [(i, t) for i, image_targets in enumerate(per_image) for t in image_targets]
 
 
 def resolve_layers(state: AppState, record: ModelRecord, layer: str | list[str]) -> list[str]:
@@ -178,17 +192,18 @@ def _render_row(
     # only what was asked for: PNG encoding is most of the rendering time
     wanted = {png} if png else set(body.outputs)
     heat_png = overlay_png = None
-    if "heatmap" in wanted:
-        heat_png = encode_colormapped_png(np.clip(m, 0, 1), render.colormap)
+    if "heatmap" in wanted:  # values outside [0, 1] (normalize=none) take the end colours
+        heat_png = encode_colormapped_png(m, render.colormap)
         result.heatmap = to_base64(heat_png)
     if "overlay" in wanted:
-        heat = apply_colormap(np.clip(m, 0, 1), render.colormap)
-        if render.size == "feature":  # blocks of the layer's cells over the input image
-            heat = resize_map(heat.astype(np.float32), input_hw, "nearest").astype(np.uint8)
         backdrop = np.asarray(
             original if original is not None else input_window(to_8bit(image, "RGB"), geometry)
         )
-        overlay_png = encode_png(overlay(backdrop, heat, render.alpha))
+        # size=feature: blocks of the layer's cells over the input image
+        blended = overlay_map(
+            backdrop, m, render.colormap, render.alpha, nearest=render.size == "feature"
+        )
+        overlay_png = encode_png(blended)
         result.overlay = to_base64(overlay_png)
     if png:
         return result, heat_png if png == "heatmap" else overlay_png

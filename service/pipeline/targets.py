@@ -9,24 +9,35 @@ import numpy as np
 from models_store.errors import ProblemError
 from schemas.card import ModelCard
 from schemas.explain import TopK
-from service.scores import probabilities
+from service.scores import ranked
 
 TargetSpec = str | TopK | list[int | str] | list[list[int | str]]
+
+
+def requested_k(spec: TargetSpec, max_per_image: int) -> int | None:
+    """k for "top1" and {"top_k": k}, checked against the limit; None for explicit classes."""
+    if spec != "top1" and not isinstance(spec, TopK):
+        return None
+    k = 1 if spec == "top1" else spec.top_k  # type: ignore[union-attr]
+    if k > max_per_image:
+        raise ProblemError(f"top_k={k} exceeds the limit {max_per_image} (CNNVIS_MAX_TOP_K)")
+    return k
 
 
 def resolve_targets(
     spec: TargetSpec, scores: np.ndarray, card: ModelCard, max_per_image: int
 ) -> list[list[int]]:
     """One list of class indices per image, from the request and the model's scores."""
-    images, classes = scores.shape
-    if spec == "top1" or isinstance(spec, TopK):
-        k = 1 if spec == "top1" else spec.top_k  # type: ignore[union-attr]
-        if k > max_per_image:
-            raise ProblemError(f"top_k={k} exceeds the limit {max_per_image} (CNNVIS_MAX_TOP_K)")
-        order = np.argsort(-probabilities(scores, card), axis=1, kind="stable")[
-            :, : min(k, classes)
-        ]
-        return [[int(i) for i in row] for row in order]
+    k = requested_k(spec, max_per_image)
+    if k is None:
+        return explicit_targets(spec, *scores.shape, card, max_per_image)
+    return ranked(scores, k).tolist()
+
+
+def explicit_targets(
+    spec: TargetSpec, images: int, classes: int, card: ModelCard, max_per_image: int
+) -> list[list[int]]:
+    """One list of class indices per image from explicit indices or labels: no run needed."""
     assert isinstance(spec, list)
     if not spec:
         raise ProblemError("targets is an empty list")

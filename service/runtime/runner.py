@@ -84,6 +84,7 @@ class _Graph:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     spec: CompanionSpec | None = None
+    tensors: frozenset[str] = frozenset()  # a head's: every tensor it computes
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -371,7 +372,8 @@ class ModelRunner:
             if head is None:
                 return _Graph(Path(), (), ())
             path = self._derived("head", key, lambda: head)
-            return _Graph(path, (layer,), (self.score_output,))
+            computed = frozenset(o for node in head.graph.node for o in node.output)
+            return _Graph(path, (layer,), (self.score_output,), tensors=computed)
 
         graph = self._cached(key, build)
         return graph if graph.inputs else None
@@ -391,8 +393,69 @@ class ModelRunner:
 
         return self._cached(key, build)
 
+    def _head_companion(self, cut: str, layers: tuple[str, ...], rule: str) -> _Graph:
+        """The companion graph of the head at ``cut``: gradients at ``layers`` (inside the
+        head) and at its input, the cut itself."""
+        head = self._head(cut)
+        assert head is not None
+        _, _, sha = self._graph_model()
+        head_sha = _key("head", sha, cut, self.score_output)  # the head file's identity
+        key = _key("head-companion", head_sha, layers, rule)
+
+        def build() -> _Graph:
+            path, spec = load_or_build(
+                self.derived_dir,
+                head.path,
+                head_sha,
+                layers,
+                rule,  # type: ignore[arg-type]
+                True,
+                self.score_output,
+            )
+            return _Graph(path, (spec.image_input, spec.seed), spec.outputs, spec)
+
+        return self._cached(key, build)
+
     def can_split(self, layer: str) -> bool:
         return self._head(layer) is not None
+
+    def split_point(self, layers: Sequence[str]) -> str | None:
+        """A layer of ``layers`` where the graph can be cut with all the others inside the
+        head (layer -> score), so one trunk run serves any number of seeds; or None."""
+        for layer in layers:
+            head = self._head(layer)
+            if head is not None and all(o == layer or o in head.tensors for o in layers):
+                return layer
+        return None
+
+    def head_gradients(
+        self,
+        cut: str,
+        activation: np.ndarray,
+        seed: np.ndarray,
+        layers: Sequence[str],
+        *,
+        rule: str = "standard",
+        batch_size: int | None = None,
+    ) -> Gradients:
+        """What :meth:`gradients` gives for ``layers`` (``cut`` among them, the others in its
+        head; see :meth:`split_point`), from the rows' ``cut`` activations: only the head
+        runs, forward and backward, once per seed row."""
+        others = tuple(layer for layer in layers if layer != cut)
+        graph = self._head_companion(cut, others, rule)
+        activation = np.asarray(activation, dtype=np.float32)
+        seed = np.asarray(seed, dtype=np.float32)
+        if seed.shape[0] != activation.shape[0]:
+            raise ValueError(f"seed has {seed.shape[0]} rows, activation {activation.shape[0]}")
+        outs = self._run(graph, [activation, seed], batch_size)
+        found = {layer: (outs[1 + 2 * i], outs[2 + 2 * i]) for i, layer in enumerate(others)}
+        found[cut] = (activation, outs[1 + 2 * len(others)])
+        return Gradients(
+            score=outs[0],
+            activations=[found[layer][0] for layer in layers],
+            gradients=[found[layer][1] for layer in layers],
+            input_gradient=None,
+        )
 
     def forward_from(
         self, layer: str, activation: np.ndarray, batch_size: int | None = None
