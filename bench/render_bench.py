@@ -150,64 +150,14 @@ def small(repeat: int) -> None:
     heat = apply_colormap(m, "jet")
     photo = overlay(cat, heat, 0.5)
     table = Table("224x224 map, 224x224 backdrop (jet)", repeat, memory=False)
-    table.row("colormap_index", lambda: old_index(m), lambda: colormap_index(m))
-    table.row(
-        "apply_colormap (RGB heat)", lambda: old_apply(m, "jet"), lambda: apply_colormap(m, "jet")
-    )
-    table.row(
-        "overlay blend, alpha 0.5",
-        lambda: old_overlay(cat, heat, 0.5),
-        lambda: overlay(cat, heat, 0.5),
-    )
-    table.row(
-        "overlay blend, alpha 0.35",
-        lambda: old_overlay(cat, heat, 0.35),
-        lambda: overlay(cat, heat, 0.35),
-    )
-    table.row(
-        "colormap + blend (overlay_map)",
-        lambda: old_overlay(cat, old_apply(m, "jet"), 0.5),
-        lambda: overlay_map(cat, m, "jet", 0.5),
-    )
-    table.row("encode RGB overlay PNG", lambda: old_encode_png(photo), lambda: encode_png(photo))
-    table.row(
-        "**heatmap PNG** (palette, index + encode)",
-        lambda: old_encode_colormapped_png(m, "jet"),
-        lambda: encode_colormapped_png(m, "jet"),
-    )
-    table.row(
-        "**overlay PNG** (colormap + blend + encode)",
-        lambda: old_encode_png(old_overlay(cat, old_apply(m, "jet"), 0.5)),
-        lambda: encode_png(overlay_map(cat, m, "jet", 0.5)),
-    )
+    map_steps(table, cat, m, heat, photo)
     sizes(photo, m)
 
 
-def sizes(photo: np.ndarray, m: np.ndarray) -> None:
-    print("\n| PNG | old bytes | new bytes |\n| --- | ---: | ---: |")
-    print(f"| overlay (RGB) | {len(old_encode_png(photo))} | {len(encode_png(photo))} |")
-    old, new = old_encode_colormapped_png(m, "jet"), encode_colormapped_png(m, "jet")
-    print(f"| heatmap (palette) | {len(old)} | {len(new)} |", flush=True)
-
-
-def big(repeat: int) -> None:
-    from skimage import data
-
-    h, w = 3000, 4000
-    photo_img = Image.fromarray(data.chelsea()).resize((w, h), Image.Resampling.BILINEAR)
-    cat = np.asarray(photo_img)
-    m224 = blob(224, 224)
-    geometry = Geometry((h, w), (224, 224), (0, 0, 224, 224))  # stretch
-    table = Table("12 MP: 224x224 map -> 3000x4000, 3000x4000 backdrop (jet)", repeat, memory=True)
-    table.row(
-        "resize_map 224 -> 3000x4000",
-        lambda: old_resize_map(m224, (h, w)),
-        lambda: resize_map(m224, (h, w)),
-    )
-    table.row("to_original (previous: below)", None, lambda: to_original(m224, geometry))
-    m = to_original(m224, geometry)
-    heat = apply_colormap(m, "jet")
-    ov = overlay(cat, heat, 0.5)
+def map_steps(
+    table: Table, cat: np.ndarray, m: np.ndarray, heat: np.ndarray, ov: np.ndarray
+) -> None:
+    """The rows both sizes time: colour, blend and encode the map ``m`` over ``cat``."""
     table.row("colormap_index", lambda: old_index(m), lambda: colormap_index(m))
     table.row(
         "apply_colormap (RGB heat)", lambda: old_apply(m, "jet"), lambda: apply_colormap(m, "jet")
@@ -238,6 +188,34 @@ def big(repeat: int) -> None:
         lambda: old_encode_png(old_overlay(cat, old_apply(m, "jet"), 0.5)),
         lambda: encode_png(overlay_map(cat, m, "jet", 0.5)),
     )
+
+
+def sizes(photo: np.ndarray, m: np.ndarray) -> None:
+    print("\n| PNG | old bytes | new bytes |\n| --- | ---: | ---: |")
+    print(f"| overlay (RGB) | {len(old_encode_png(photo))} | {len(encode_png(photo))} |")
+    old, new = old_encode_colormapped_png(m, "jet"), encode_colormapped_png(m, "jet")
+    print(f"| heatmap (palette) | {len(old)} | {len(new)} |", flush=True)
+
+
+def big(repeat: int) -> None:
+    from skimage import data
+
+    h, w = 3000, 4000
+    photo_img = Image.fromarray(data.chelsea()).resize((w, h), Image.Resampling.BILINEAR)
+    cat = np.asarray(photo_img)
+    m224 = blob(224, 224)
+    geometry = Geometry((h, w), (224, 224), (0, 0, 224, 224))  # stretch
+    table = Table("12 MP: 224x224 map -> 3000x4000, 3000x4000 backdrop (jet)", repeat, memory=True)
+    table.row(
+        "resize_map 224 -> 3000x4000",
+        lambda: old_resize_map(m224, (h, w)),
+        lambda: resize_map(m224, (h, w)),
+    )
+    table.row("to_original (previous: below)", None, lambda: to_original(m224, geometry))
+    m = to_original(m224, geometry)
+    heat = apply_colormap(m, "jet")
+    ov = overlay(cat, heat, 0.5)
+    map_steps(table, cat, m, heat, ov)
     sizes(ov, m)
     # the previous to_original grows with out_h * out_w: time it on a small photo, scale up
     sh, sw = 150, 200

@@ -16,7 +16,7 @@ from PIL import Image
 from models_store.errors import ProblemError
 from models_store.store import ModelRecord
 from schemas.explain import ArrayOut, ExplainRequest, ExplainResult, Stats, Target
-from service.explain import get_method, run_method
+from service.explain import CanonicalRunner, get_method, run_method
 from service.explain.targets import rank_target
 from service.imaging.decode import to_8bit
 from service.imaging.preprocess import (
@@ -107,7 +107,7 @@ def _rows(
     state: AppState,
     body: ExplainRequest,
     record: ModelRecord,
-    runner: object,
+    runner: CanonicalRunner,
     x: np.ndarray,
     ranked: bool,
 ) -> list[tuple[int, int]]:
@@ -115,13 +115,13 @@ def _rows(
     method as ranks (it reads them from its own run), others get a forward first."""
     limit = state.settings.max_top_k
     k = requested_k(body.targets, limit)
-    classes = runner.num_classes(x)  # type: ignore[attr-defined]
+    classes = runner.num_classes(x)
     if k is None:
         per_image = explicit_targets(body.targets, len(x), classes, record.card, limit)
     elif ranked:
         per_image = [[rank_target(j) for j in range(min(k, classes))]] * len(x)
     else:
-        scores, _ = runner.forward(x)  # type: ignore[attr-defined]
+        scores, _ = runner.forward(x)
         per_image = resolve_targets(body.targets, scores, record.card, limit)
     return [(i, t) for i, image_targets in enumerate(per_image) for t in image_targets]
 

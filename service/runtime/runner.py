@@ -274,12 +274,18 @@ class ModelRunner:
 
     def _companion(self, layers: tuple[str, ...], rule: str, input_gradient: bool) -> _Graph:
         _, model_path, sha = self._graph_model()
+        return self._companion_of(model_path, sha, layers, rule, input_gradient)
+
+    def _companion_of(
+        self, source: Path, sha: str, layers: tuple[str, ...], rule: str, input_gradient: bool
+    ) -> _Graph:
+        """The companion graph of the graph at ``source`` (identified by ``sha``)."""
         key = _key("companion", sha, layers, rule, input_gradient, self.score_output)
 
         def build() -> _Graph:
             path, spec = load_or_build(
                 self.derived_dir,
-                model_path,
+                source,
                 sha,
                 layers,
                 rule,  # type: ignore[arg-type]
@@ -364,8 +370,8 @@ class ModelRunner:
     def _head(self, layer: str) -> _Graph | None:
         """The graph layer -> score, or None when the score also depends on the image by a
         path that avoids ``layer`` (skip connections around it, shape reads of the input)."""
-        model, _, sha = self._graph_model()
-        key = _key("head", sha, layer, self.score_output)
+        model, _, _ = self._graph_model()
+        key = self._head_key(layer)
 
         def build() -> _Graph:
             head = _head_model(model, self.image_input, layer, self.score_output)
@@ -377,6 +383,10 @@ class ModelRunner:
 
         graph = self._cached(key, build)
         return graph if graph.inputs else None
+
+    def _head_key(self, layer: str) -> str:
+        """The identity of the head graph at ``layer`` (its file name, and its companion's)."""
+        return _key("head", self._graph_model()[2], layer, self.score_output)
 
     def _masked(self, layer: str) -> _Graph:
         model, _, sha = self._graph_model()
@@ -398,23 +408,7 @@ class ModelRunner:
         head) and at its input, the cut itself."""
         head = self._head(cut)
         assert head is not None
-        _, _, sha = self._graph_model()
-        head_sha = _key("head", sha, cut, self.score_output)  # the head file's identity
-        key = _key("head-companion", head_sha, layers, rule)
-
-        def build() -> _Graph:
-            path, spec = load_or_build(
-                self.derived_dir,
-                head.path,
-                head_sha,
-                layers,
-                rule,  # type: ignore[arg-type]
-                True,
-                self.score_output,
-            )
-            return _Graph(path, (spec.image_input, spec.seed), spec.outputs, spec)
-
-        return self._cached(key, build)
+        return self._companion_of(head.path, self._head_key(cut), layers, rule, True)
 
     def can_split(self, layer: str) -> bool:
         return self._head(layer) is not None

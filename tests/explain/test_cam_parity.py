@@ -15,13 +15,11 @@ import pytest
 pytest.importorskip("pytorch_grad_cam")
 
 import pytorch_grad_cam as pgc
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from service.explain import run_method
 from service.imaging.render import prepare_map, resize_map
 from tests.fixtures.eigen import orient_reference
-
-from .conftest import torch
+from tests.fixtures.grad_cam import pgc_maps
 
 GRADIENT_CAMS = {
     "gradcam": pgc.GradCAM,
@@ -56,27 +54,7 @@ def render_ours(m: np.ndarray, size: int) -> np.ndarray:
 
 def reference(cls: Any, zoo: Any, rows: int, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """(rendered maps at input size, raw maps at feature size) from pytorch-grad-cam."""
-    captured: list[np.ndarray] = []
-    x = torch.from_numpy(zoo.x[:rows])
-    targets = [ClassifierOutputTarget(t) for t in zoo.targets[:rows]]
-    with cls(model=zoo.net, target_layers=[zoo.module], **kwargs) as cam:
-        original = cam.get_cam_weights
-
-        def capture(*args: Any, **kw: Any) -> np.ndarray:
-            w = original(*args, **kw)
-            captured.append(np.asarray(w))
-            return w
-
-        cam.get_cam_weights = capture
-        rendered = cam(input_tensor=x, targets=targets)
-        acts = cam.activations_and_grads.activations[0].cpu().numpy()
-        if captured:  # weight-based methods: raw map = sum_k w_k A_k
-            raw = np.einsum("rk,rkhw->rhw", captured[-1].astype(np.float64), acts)
-        else:
-            grads = cam.activations_and_grads.gradients
-            g = grads[0].cpu().numpy() if grads else None
-            raw = cam.get_cam_image(x, zoo.module, targets, acts, g, eigen_smooth=False)
-    return np.asarray(rendered), np.asarray(raw)
+    return pgc_maps(cls, zoo.net, zoo.module, zoo.x[:rows], zoo.targets[:rows], **kwargs)
 
 
 def check(

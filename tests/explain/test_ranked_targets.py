@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("pytorch_grad_cam")
 
 import pytorch_grad_cam as pgc
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from service.explain import run_method
 from service.explain.targets import TOP_CLASS, distinct_rows, rank_target, resolve_ranks
+from tests.fixtures.grad_cam import pgc_maps
 
 from .conftest import open_cpu_session, torch
 
@@ -55,24 +55,8 @@ def torch_top_k(zoo: Any, image: int, k: int) -> list[int]:
 
 def reference_raw(cls: Any, zoo: Any, image: int, classes: list[int]) -> np.ndarray:
     """pytorch-grad-cam's raw (feature-size) map for each class, from its own runs."""
-    x = torch.from_numpy(np.repeat(zoo.x[image : image + 1], len(classes), axis=0))
-    captured: list[np.ndarray] = []
-    with cls(model=zoo.net, target_layers=[zoo.module]) as cam:
-        original = cam.get_cam_weights
-
-        def capture(*args: Any, **kw: Any) -> np.ndarray:
-            w = original(*args, **kw)
-            captured.append(np.asarray(w))
-            return w
-
-        cam.get_cam_weights = capture
-        targets = [ClassifierOutputTarget(c) for c in classes]
-        cam(input_tensor=x, targets=targets)
-        acts = cam.activations_and_grads.activations[0].cpu().numpy()
-        if not captured:  # LayerCAM: no channel weights, the map itself
-            g = cam.activations_and_grads.gradients[0].cpu().numpy()
-            return np.asarray(cam.get_cam_image(x, zoo.module, targets, acts, g, False))
-    return np.einsum("rk,rkhw->rhw", captured[-1].astype(np.float64), acts)
+    rows = np.repeat(zoo.x[image : image + 1], len(classes), axis=0)
+    return pgc_maps(cls, zoo.net, zoo.module, rows, classes)[1]
 
 
 @pytest.mark.parametrize("model", ["resnet18", "densenet121"])

@@ -44,7 +44,6 @@ pytestmark = pytest.mark.slow  # ~50 s for the file on one core: exports and two
 torchvision = pytest.importorskip("torchvision")
 pgc = pytest.importorskip("pytorch_grad_cam")
 
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 from models_store.errors import UnsupportedModel  # noqa: E402
 from models_store.inspect import summarize  # noqa: E402
@@ -57,6 +56,7 @@ from service.imaging.render import prepare_map, resize_map  # noqa: E402
 from service.runtime.runner import ModelRunner  # noqa: E402
 from tests.conftest import png_bytes  # noqa: E402
 from tests.fixtures.eigen import orient_reference  # noqa: E402
+from tests.fixtures.grad_cam import pgc_maps  # noqa: E402
 from tests.fixtures.torchvision_models import export_torchscript  # noqa: E402
 
 SIZE = 64
@@ -215,27 +215,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def reference(cls: Any, t: Token) -> tuple[np.ndarray, np.ndarray]:
     """(rendered maps at input size, raw maps at feature size) from pytorch-grad-cam."""
-    captured: list[np.ndarray] = []
-    x = torch.from_numpy(t.x)
-    targets = [ClassifierOutputTarget(c) for c in t.targets]
-    with cls(model=t.net, target_layers=[t.module], reshape_transform=t.reshape) as cam:
-        original = cam.get_cam_weights
-
-        def capture(*args: Any, **kw: Any) -> np.ndarray:
-            w = original(*args, **kw)
-            captured.append(np.asarray(w))
-            return w
-
-        cam.get_cam_weights = capture
-        rendered = cam(input_tensor=x, targets=targets)
-        acts = cam.activations_and_grads.activations[0].cpu().numpy()
-        if captured:
-            raw = np.einsum("rk,rkhw->rhw", captured[-1].astype(np.float64), acts)
-        else:
-            grads = cam.activations_and_grads.gradients
-            g = grads[0].cpu().numpy() if grads else None
-            raw = cam.get_cam_image(x, t.module, targets, acts, g, eigen_smooth=False)
-    return np.asarray(rendered), np.asarray(raw)
+    return pgc_maps(cls, t.net, t.module, t.x, t.targets, reshape_transform=t.reshape)
 
 
 RESULTS: dict[tuple[str, str], tuple[float, float]] = {}
