@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from schemas.regions import Regions
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Version = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z][0-9A-Za-z._-]{0,31}$")]
@@ -90,3 +92,9 @@ class ModelCard(BaseModel):
     labels: list[str] | None = None
     default_layer: str | None = Field(None, description="null = chosen automatically.")
     description: str | None = None
+    regions: Regions = Field(
+        default_factory=dict,
+        description="Named boxes [x0, y0, x1, y1] in normalised coordinates of the model's input"
+        " window (e.g. border, watermark): every explanation's stats report the share of"
+        " attribution in each.",
+    )

@@ -11,6 +11,7 @@ from models_store.inspect import GraphSummary, summarize
 from models_store.store import ModelRecord, ModelStore
 from models_store.validate import input_layout
 from service.metrics import Metrics
+from service.monitoring.monitor import Monitor
 from service.runtime.admission import Admission
 from service.runtime.batcher import BatchedSession, Batcher
 from service.runtime.runner import ModelRunner
@@ -35,6 +36,7 @@ class AppState:
     batcher: Batcher
     admission: Admission
     metrics: Metrics | None = None
+    monitor: Monitor = field(default_factory=Monitor)
     _summaries: dict[str, GraphSummary] = field(default_factory=dict)
     _runners: dict[str, ModelRunner] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)

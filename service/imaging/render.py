@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 
 from service.imaging.colormaps import colormap_index, colormap_table, row_blocks
+from service.imaging.signals import box_mask
 
 try:  # ISA-L's deflate: ~3x zlib's speed at level 1, same format (a dependency; zlib without)
     from isal import isal_zlib as _fast_zlib
@@ -421,14 +422,6 @@ def encode_array(a: np.ndarray) -> dict[str, Any]:
     return {"shape": list(arr.shape), "dtype": "float32", "data": to_base64(arr.tobytes())}
 
 
-def _box_mask(shape: tuple[int, int], box: Sequence[float]) -> np.ndarray:
-    """Pixels whose centres (i + 0.5) lie in [x0, x1) x [y0, y1)."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    ys = np.arange(shape[0]) + 0.5
-    xs = np.arange(shape[1]) + 0.5
-    return ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
-
-
 def map_stats(m: np.ndarray, roi_box: Sequence[float] | None = None) -> dict[str, Any]:
     """Peak, centre of mass, entropy (bits) and ROI share of a 2-D map's positive part.
 
@@ -455,5 +448,5 @@ def map_stats(m: np.ndarray, roi_box: Sequence[float] | None = None) -> dict[str
     nz = p[p > 0]
     stats["entropy"] = float(max(0.0, -(nz * np.log2(nz)).sum()))
     if roi_box is not None:
-        stats["roi_fraction"] = float(p[_box_mask(x.shape, roi_box)].sum())
+        stats["roi_fraction"] = float(p[box_mask(x.shape, roi_box)].sum())
     return stats

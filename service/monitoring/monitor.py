@@ -1,0 +1,12 @@
+"""The monitor of one running app: takes the explain pipeline's observations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.monitoring.observation import Observation
+
+
+class Monitor:
+    def observe(self, observations: Sequence[Observation]) -> None:
+        """Hand over results of one explain run; never blocks the caller."""
