@@ -8,5 +8,6 @@ from service.monitoring.observation import Observation
 
 
 class Monitor:
-    def observe(self, observations: Sequence[Observation]) -> None:
-        """Hand over results of one explain run; never blocks the caller."""
+    def observe(self, observations: Sequence[Observation], source: str = "request") -> None:
+        """Hand over the results of one explain run (source: request | sampled); never blocks
+        the caller."""

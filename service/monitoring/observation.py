@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
-
-Source = Literal["request", "sampled", "baseline"]
 
 
 @dataclass(frozen=True)
@@ -28,4 +25,3 @@ class Observation:
     probability: float
     attribution: np.ndarray
     regions: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
-    source: Source = "request"
