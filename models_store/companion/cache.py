@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import onnx
+
+from models_store.files import write_atomic
 
 from .autoseed import AUTOSEED_VERSION, add_auto_seed
 from .builder import BUILDER_VERSION, CompanionSpec, build_companion
@@ -46,19 +46,6 @@ def cache_key(
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_spec(path: Path) -> CompanionSpec | None:
@@ -101,6 +88,6 @@ def load_or_build(
         model, tuple(layers), rule=rule, input_gradient=input_gradient, score=score
     )
     companion = add_auto_seed(companion, spec)  # zero seed rows = the top class
-    _write_atomic(onnx_path, companion.SerializeToString())
-    _write_atomic(spec_path, json.dumps(asdict(spec), indent=1).encode())
+    write_atomic(onnx_path, companion.SerializeToString())
+    write_atomic(spec_path, json.dumps(asdict(spec), indent=1).encode())
     return onnx_path, spec

@@ -22,13 +22,14 @@ import numpy as np
 import onnx
 
 from models_store.errors import UnsupportedModel
+from models_store.files import write_atomic
 from models_store.graph import TensorInfo, graph_inputs, graph_outputs
 from models_store.inspect import NCHW, tensor_layouts
 from models_store.store import ModelRecord
 from models_store.validate import input_layout
 from schemas.card import InputSpec
 from service.explain.layout import CanonicalRunner
-from service.runtime.runner import ModelRunner, write_atomic
+from service.runtime.runner import ModelRunner
 from service.state import AppState, fed_dims
 
 __all__ = ["InputPlan", "canonical_runner", "input_plan", "layer_layouts", "to_input_dtype"]

@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +55,7 @@ from onnx import helper
 from models_store.companion import BUILDER_VERSION, CompanionSpec, forward_model, load_or_build
 from models_store.dtypes import UPCAST_VERSION, needs_upcast, upcast
 from models_store.errors import LayerNotFound
+from models_store.files import write_atomic
 from service.runtime.batcher import BatchedSession
 from service.runtime.cancel import raise_if_cancelled
 from service.runtime.graphio import declared, model_batch_limit, run_fitted
@@ -85,18 +84,6 @@ class _Graph:
     outputs: tuple[str, ...]
     spec: CompanionSpec | None = None
     tensors: frozenset[str] = frozenset()  # a head's: every tensor it computes
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder (atomic)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _key(*parts: object) -> str:
