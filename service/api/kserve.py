@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from pydantic import ValidationError
 
 from models_store.errors import ProblemError
-from models_store.graph import graph_inputs, graph_outputs
+from models_store.graph import graph_outputs
 from models_store.store import ModelRecord
 from schemas.explain import ExplainRequest
 from service.api.deps import ApiDep, StateDep
@@ -32,7 +32,7 @@ from service.pipeline.explain import explain
 from service.pipeline.layout import input_plan
 from service.pipeline.predict import predict_images, predict_tensor
 from service.settings import Settings
-from service.state import AppState
+from service.state import AppState, fed_dims
 
 v1 = APIRouter(prefix="/v1/models", tags=["kserve v1"], dependencies=[ApiDep])
 v2 = APIRouter(prefix="/v2", tags=["kserve v2 (open inference protocol)"])
@@ -86,7 +86,7 @@ async def v1_predict(name: str, request: Request, state: StateDep) -> dict[str, 
     record = state.store.resolve(name)
     payload = await _json(request)
     images, _ = _v1_instances(payload, state.settings)
-    top_k = int(payload.get("top_k", 5)) if isinstance(payload.get("top_k", 5), int) else 5
+    top_k = _top_k(payload.get("top_k", 5), state.settings, "top_k")
     done = await state.admission.run(record.name, predict_images, state, record, images, top_k)
     return {"predictions": [[vars(c) for c in row] for row in done.ranked]}
 
@@ -113,6 +113,17 @@ async def v1_explain(name: str, request: Request, state: StateDep) -> dict[str, 
         "predictions": predictions,
         "explanations": [r.model_dump(exclude_none=True) for r in done.results],
     }
+
+
+def _top_k(value: Any, settings: Settings, field: str) -> int:
+    """``top_k`` from a protocol body: an integer in [1, CNNVIS_MAX_TOP_K], else a 422."""
+    limit = settings.max_top_k
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ProblemError(
+            f"{field} must be an integer in [1, {limit}] (CNNVIS_MAX_TOP_K), got {value!r}",
+            errors=[{"loc": [field], "msg": f"an integer in [1, {limit}]", "type": "value_error"}],
+        )
+    return value
 
 
 def _explain_request(fields: dict[str, Any], images: int) -> ExplainRequest:
@@ -169,15 +180,33 @@ def v2_ready(state: StateDep) -> JSONResponse:
     return JSONResponse({"ready": True})
 
 
-def _tensor_meta(tensors: list[Any]) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": t.name,
-            "datatype": _V2_TYPES.get(t.dtype, t.dtype.upper()),
-            "shape": [d if isinstance(d, int) else -1 for d in t.shape],
-        }
-        for t in tensors
+def _signature(record: ModelRecord) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What ``/infer`` takes and gives, as metadata: the names, datatypes and shapes the
+    responses carry (batch -1). The image input is also accepted as encoded BYTES; explanations
+    (``parameters.method``) answer the outputs listed in docs/api.md instead."""
+    plan = input_plan(record)
+    image_dims = list(fed_dims(record, plan.image))
+    scores = record.card.output.name or graph_outputs(record.model)[0].name
+    classes = _class_count(record)
+    meta = [
+        (scores, "FP32", [-1, classes]),
+        ("top_k_index", "INT64", [-1, -1]),
+        ("top_k_probability", "FP32", [-1, -1]),
+        ("top_k_label", "BYTES", [-1, -1]),
     ]
+    inputs = [{"name": plan.image, "datatype": "FP32", "shape": [-1, *image_dims]}]
+    return inputs, [{"name": n, "datatype": d, "shape": shape} for n, d, shape in meta]
+
+
+def _class_count(record: ModelRecord) -> int:
+    if record.card.labels:
+        return len(record.card.labels)
+    name = record.card.output.name
+    outputs = [o for o in graph_outputs(record.model) if o.name == name] or graph_outputs(
+        record.model
+    )
+    last = outputs[0].shape[-1] if outputs[0].shape else None
+    return last if isinstance(last, int) and last > 0 else -1
 
 
 @v2.get("/models/{name}")
@@ -187,13 +216,14 @@ def v2_model(name: str, state: StateDep, version: str | None = None) -> JSONResp
         record = state.store.get(name, version)
     except ProblemError as exc:
         return _v2_error(exc)
+    inputs, outputs = _signature(record)
     return JSONResponse(
         {
             "name": record.name,
             "versions": state.store.versions(record.name),
             "platform": "onnx_onnxv1",
-            "inputs": _tensor_meta(graph_inputs(record.model)),
-            "outputs": _tensor_meta(graph_outputs(record.model)),
+            "inputs": inputs,
+            "outputs": outputs,
         }
     )
 
@@ -212,13 +242,20 @@ def v2_model_ready(name: str, state: StateDep, version: str | None = None) -> JS
 @v2.post("/models/{name}/versions/{version}/infer", dependencies=[ApiDep])
 async def v2_infer(
     name: str, request: Request, state: StateDep, version: str | None = None
-) -> JSONResponse:
+) -> Response:
     try:
         record = state.store.get(name, version)
         header, binary = _split_binary(await request.body(), request)
-        return JSONResponse(await _infer(state, record, header, binary))
+        body, json_size = await _infer(state, record, header, binary)
     except ProblemError as exc:
         return _v2_error(exc)
+    if json_size is None:
+        return Response(body, media_type="application/json")
+    return Response(
+        body,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_size)},
+    )
 
 
 def _split_binary(body: bytes, request: Request) -> tuple[dict[str, Any], bytes]:
@@ -235,7 +272,7 @@ def _split_binary(body: bytes, request: Request) -> tuple[dict[str, Any], bytes]
 
 async def _infer(
     state: AppState, record: ModelRecord, header: dict[str, Any], binary: bytes
-) -> dict[str, Any]:
+) -> tuple[bytes, int | None]:
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise ProblemError('"inputs" must hold exactly one tensor: the images')
@@ -243,7 +280,7 @@ async def _infer(
     params = {**(header.get("parameters") or {}), **(tensor.get("parameters") or {})}
     images, x = _v2_images(tensor, binary, record, state.settings)
     method = params.get("method")
-    top_k = int(params.get("top_k", 5))
+    top_k = _top_k(params.get("top_k", 5), state.settings, "parameters.top_k")
     if method is None:
         if x is not None:
             done = await state.admission.run(record.name, predict_tensor, state, record, x, top_k)
@@ -251,7 +288,9 @@ async def _infer(
             done = await state.admission.run(
                 record.name, predict_images, state, record, images, top_k
             )
-        outputs = _predict_outputs(done, top_k)
+        scores_name = record.card.output.name or graph_outputs(record.model)[0].name
+        tensors = _predict_tensors(done, scores_name)
+        labels = {scores_name: record.card.labels}
     else:
         if images is None:
             raise ProblemError("explanations need encoded images (BYTES), not an FP32 tensor")
@@ -265,23 +304,13 @@ async def _infer(
         fields["outputs"] = ["array", "overlay"]
         body = _explain_request(fields, len(images))
         done = await state.admission.run(record.name, explain, state, record, body, images)
-        outputs = _explain_outputs(done)
-    wanted = [o.get("name") for o in header.get("outputs") or [] if isinstance(o, dict)]
-    if wanted:
-        unknown = sorted(set(wanted) - {o["name"] for o in outputs})
-        if unknown:
-            raise ProblemError(
-                f"unknown outputs {unknown}; available: {[o['name'] for o in outputs]}"
-            )
-        outputs = [o for o in outputs if o["name"] in wanted]
-    response: dict[str, Any] = {
-        "model_name": record.name,
-        "model_version": record.version,
-        "outputs": outputs,
-    }
+        tensors = _explain_tensors(done)
+        labels = {}
+    outputs = _requested_outputs(header, tensors, labels)
+    response: dict[str, Any] = {"model_name": record.name, "model_version": record.version}
     if "id" in header:
         response["id"] = header["id"]
-    return response
+    return _encode_response(response, outputs)
 
 
 def _v2_images(
@@ -346,48 +375,117 @@ def _image_element(element: Any, settings: Settings) -> Image.Image:
     raise ProblemError("each BYTES element must be an encoded image (raw or base64)")
 
 
-def _predict_outputs(done: Any, k: int) -> list[dict[str, Any]]:
-    scores = np.asarray(done.scores, dtype=np.float32)
-    n = scores.shape[0]
-    k = len(done.ranked[0])
-    return [
-        _out("scores", scores),
-        _out("top_k_index", np.array([[c.index for c in r] for r in done.ranked], np.int64)),
-        _out(
-            "top_k_probability",
-            np.array([[c.probability for c in r] for r in done.ranked], np.float32),
-        ),
-        {
-            "name": "top_k_label",
-            "datatype": "BYTES",
-            "shape": [n, k],
-            "data": [c.label or str(c.index) for r in done.ranked for c in r],
-        },
-    ]
+def _predict_tensors(done: Any, scores_name: str) -> dict[str, np.ndarray]:
+    ranked = done.ranked
+    return {
+        scores_name: np.asarray(done.scores, dtype=np.float32),
+        "top_k_index": np.array([[c.index for c in r] for r in ranked], np.int64),
+        "top_k_probability": np.array([[c.probability for c in r] for r in ranked], np.float32),
+        "top_k_label": np.array([[c.label or str(c.index) for c in r] for r in ranked], object),
+    }
 
 
-def _explain_outputs(done: Any) -> list[dict[str, Any]]:
+def _explain_tensors(done: Any) -> dict[str, np.ndarray]:
     maps = [
         np.frombuffer(base64.b64decode(r.array.data), "<f4").reshape(r.array.shape)
         for r in done.results
     ]
-    return [
-        _out("heatmap", np.stack(maps).astype(np.float32)),
-        _out("image_index", np.array([r.image for r in done.results], np.int64)),
-        _out("target", np.array([r.target.index for r in done.results], np.int64)),
-        {
-            "name": "overlay_png",
-            "datatype": "BYTES",
-            "shape": [len(done.results)],
-            "data": [r.overlay for r in done.results],
-        },
-    ]
-
-
-def _out(name: str, array: np.ndarray) -> dict[str, Any]:
     return {
-        "name": name,
-        "datatype": _V2_TYPES[array.dtype.name],
-        "shape": list(array.shape),
-        "data": array.reshape(-1).tolist(),
+        "heatmap": np.stack(maps).astype(np.float32),
+        "image_index": np.array([r.image for r in done.results], np.int64),
+        "target": np.array([r.target.index for r in done.results], np.int64),
+        "overlay_png": np.array([r.overlay for r in done.results], object),
     }
+
+
+def _requested_outputs(
+    header: dict[str, Any], tensors: dict[str, np.ndarray], labels: dict[str, list[str] | None]
+) -> list[tuple[str, np.ndarray, bool]]:
+    """(name, tensor, binary) per output to send: those ``outputs`` names (all without it),
+    each as JSON or binary (the output's ``binary_data``, else the request's
+    ``binary_data_output``), a ``classification: k`` parameter turning it into the top-k
+    ``"score:index[:label]"`` strings of the classification extension."""
+    params = header.get("parameters") or {}
+    default_binary = params.get("binary_data_output", False)
+    requested = header.get("outputs")
+    if requested is None:
+        requested = [{"name": name} for name in tensors]
+    if not isinstance(requested, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+    ):
+        raise ProblemError('"outputs" must be a list of {"name": ...} objects')
+    unknown = sorted({o["name"] for o in requested} - set(tensors))
+    if unknown:
+        raise ProblemError(f"unknown outputs {unknown}; available: {list(tensors)}")
+    chosen = []
+    for output in requested:
+        name = output["name"]
+        oparams = output.get("parameters") or {}
+        if not isinstance(oparams, dict):
+            raise ProblemError(f"outputs[{name!r}].parameters must be an object")
+        binary = oparams.get("binary_data", default_binary)
+        if not isinstance(binary, bool):
+            raise ProblemError(f"outputs[{name!r}].parameters.binary_data must be true or false")
+        tensor = tensors[name]
+        k = oparams.get("classification")
+        if k is not None:
+            tensor = _classification(name, tensor, k, labels.get(name))
+        chosen.append((name, tensor, binary))
+    return chosen
+
+
+def _classification(name: str, tensor: np.ndarray, k: Any, labels: list[str] | None) -> np.ndarray:
+    """Triton's classification extension: per row the k largest values as
+    ``"<value>:<index>"`` or ``"<value>:<index>:<label>"``, largest first."""
+    if tensor.dtype == object or tensor.ndim != 2:
+        raise ProblemError(f"output {name!r} is not a [batch, classes] score tensor")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= tensor.shape[1]:
+        raise ProblemError(
+            f"outputs[{name!r}].parameters.classification must be an integer in"
+            f" [1, {tensor.shape[1]}], got {k!r}"
+        )
+    order = np.argsort(-tensor, axis=1, kind="stable")[:, :k]
+    rows = []
+    for row, indices in zip(tensor, order, strict=True):
+        rows.append(
+            [
+                f"{row[i]:f}:{i}" + (f":{labels[i]}" if labels and i < len(labels) else "")
+                for i in indices
+            ]
+        )
+    return np.array(rows, dtype=object)
+
+
+def _encode_response(
+    response: dict[str, Any], outputs: list[tuple[str, np.ndarray, bool]]
+) -> tuple[bytes, int | None]:
+    """The JSON body, or the JSON header followed by the binary tensors (and its length)."""
+    blobs: list[bytes] = []
+    described = []
+    for name, tensor, binary in outputs:
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": _V2_TYPES[tensor.dtype.name],
+            "shape": list(tensor.shape),
+        }
+        if binary:
+            blob = _to_binary(tensor)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = tensor.reshape(-1).tolist()
+        described.append(entry)
+    head = json.dumps({**response, "outputs": described}).encode()
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
+
+
+def _to_binary(tensor: np.ndarray) -> bytes:
+    if tensor.dtype == object:  # BYTES: a 4-byte little-endian length before each element
+        parts = []
+        for element in tensor.reshape(-1):
+            data = element if isinstance(element, bytes) else str(element).encode()
+            parts.append(struct.pack("<I", len(data)) + data)
+        return b"".join(parts)
+    return np.ascontiguousarray(tensor, dtype=tensor.dtype.newbyteorder("<")).tobytes()

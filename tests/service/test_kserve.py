@@ -75,6 +75,32 @@ def test_v1_errors_are_problems(kclient: TestClient) -> None:
     response = kclient.post("/v1/models/tiny:predict", json={"instances": []})
     assert response.status_code == 422 and "non-empty" in response.json()["detail"]
     assert kclient.post("/v1/models/nope:predict", json={"instances": B64}).status_code == 404
+    for bad in ("3", 0, 1.5, True, 10**6):
+        response = kclient.post("/v1/models/tiny:predict", json={"instances": B64, "top_k": bad})
+        assert response.status_code == 422, (bad, response.text)
+        assert response.json()["detail"].startswith("top_k must be an integer in [1, ")
+
+
+def test_v2_parameters_are_validated(kclient: TestClient) -> None:
+    image = {"name": "image", "shape": [1], "datatype": "BYTES", "data": B64[:1]}
+    for params, field in (
+        ({"top_k": "five"}, "parameters.top_k"),
+        ({"top_k": 0}, "parameters.top_k"),
+    ):
+        response = kclient.post(
+            "/v2/models/tiny/infer", json={"inputs": [image], "parameters": params}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"].startswith(field)
+    classification = kclient.post(
+        "/v2/models/tiny/infer",
+        json={
+            "inputs": [image],
+            "outputs": [{"name": "logits", "parameters": {"classification": 9}}],
+        },
+    )
+    assert classification.status_code == 422
+    assert "classification must be an integer in [1, 3]" in classification.json()["error"]
 
 
 def test_v2_health_metadata_ready(kclient: TestClient) -> None:
@@ -83,6 +109,12 @@ def test_v2_health_metadata_ready(kclient: TestClient) -> None:
     meta = kclient.get("/v2/models/tiny").json()
     assert meta["platform"] == "onnx_onnxv1" and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 8, 8]}]
+    assert meta["outputs"] == [
+        {"name": "logits", "datatype": "FP32", "shape": [-1, 3]},
+        {"name": "top_k_index", "datatype": "INT64", "shape": [-1, -1]},
+        {"name": "top_k_probability", "datatype": "FP32", "shape": [-1, -1]},
+        {"name": "top_k_label", "datatype": "BYTES", "shape": [-1, -1]},
+    ]
     assert kclient.get("/v2/models/tiny/ready").json() == {"name": "tiny", "ready": True}
     missing = kclient.get("/v2/models/nope")
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
@@ -100,6 +132,13 @@ def test_v2_infer_bytes_and_fp32_agree(kclient: TestClient) -> None:
     ).json()
     assert as_bytes["id"] == "req-1" and as_bytes["model_name"] == "tiny"
     outputs = {o["name"]: o for o in as_bytes["outputs"]}
+    meta = kclient.get("/v2/models/tiny").json()["outputs"]
+    assert [o["name"] for o in meta] == list(outputs)  # metadata and inference agree
+    for declared in meta:
+        sent = outputs[declared["name"]]
+        assert sent["datatype"] == declared["datatype"]
+        assert len(sent["shape"]) == len(declared["shape"])
+        assert all(d in (-1, s) for d, s in zip(declared["shape"], sent["shape"], strict=True))
     assert outputs["top_k_index"]["data"] == expected
     from PIL import Image
 
@@ -115,11 +154,11 @@ def test_v2_infer_bytes_and_fp32_agree(kclient: TestClient) -> None:
                     "data": x.reshape(-1).tolist(),
                 }
             ],
-            "outputs": [{"name": "scores"}],
+            "outputs": [{"name": "logits"}],
         },
     ).json()
-    assert [o["name"] for o in as_fp32["outputs"]] == ["scores"]
-    np.testing.assert_allclose(as_fp32["outputs"][0]["data"], outputs["scores"]["data"], rtol=1e-5)
+    assert [o["name"] for o in as_fp32["outputs"]] == ["logits"]
+    np.testing.assert_allclose(as_fp32["outputs"][0]["data"], outputs["logits"]["data"], rtol=1e-5)
     bad = kclient.post(
         "/v2/models/tiny/infer",
         json={
@@ -177,3 +216,44 @@ def test_tritonclient_round_trip(live_server: str, kclient: TestClient, binary: 
     )
     heatmap = explained.as_numpy("heatmap")
     assert heatmap.shape == (2, 8, 8) and heatmap.min() >= 0 and heatmap.max() <= 1
+
+
+def test_tritonclient_with_names_from_the_metadata(live_server: str, kclient: TestClient) -> None:
+    """Everything named here is read from the metadata: input name, datatype and shape, the
+    score output; the answers are checked against our own predict endpoint."""
+    import tritonclient.http as httpclient
+    from PIL import Image
+
+    client = httpclient.InferenceServerClient(live_server)
+    meta = client.get_model_metadata("tiny")
+    (declared,) = meta["inputs"]
+    scores_name = meta["outputs"][0]["name"]
+    x = preprocess([Image.fromarray(p) for p in PIXELS], tiny_card().input)
+    assert list(x.shape[1:]) == declared["shape"][1:]
+    tensor = httpclient.InferInput(declared["name"], list(x.shape), declared["datatype"])
+    tensor.set_data_from_numpy(x.astype(np.float32), binary_data=True)
+
+    everything = client.infer("tiny", [tensor])  # no outputs named: all of them, binary
+    assert everything.get_response()["outputs"][0]["parameters"]["binary_data_size"] > 0
+    reference = kclient.post("/v1/models/tiny/predict", json={"images": B64, "top_k": 3}).json()
+    for out in meta["outputs"]:
+        assert everything.as_numpy(out["name"]) is not None, out["name"]
+    scores = everything.as_numpy(scores_name)
+    assert scores.shape == (2, 3)
+    assert scores.argmax(axis=1).tolist() == [row[0]["index"] for row in reference["predictions"]]
+    labels = everything.as_numpy("top_k_label")
+    assert labels[:, 0].tolist() == [row[0]["label"].encode() for row in reference["predictions"]]
+
+    classified = client.infer(
+        "tiny",
+        [tensor],
+        outputs=[httpclient.InferRequestedOutput(scores_name, binary_data=False, class_count=2)],
+    )
+    rows = classified.as_numpy(scores_name)
+    assert rows.shape == (2, 2)
+    for row, expected, raw in zip(rows, reference["predictions"], scores, strict=True):
+        value, index, label = (
+            row[0].decode().split(":") if isinstance(row[0], bytes) else (row[0].split(":"))
+        )
+        assert int(index) == expected[0]["index"] and label == expected[0]["label"]
+        assert float(value) == pytest.approx(float(raw.max()), abs=1e-5)
