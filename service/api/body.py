@@ -1,14 +1,19 @@
 """Reading image requests that come either as JSON or as multipart form data.
 
 JSON: the request model as the body, images base64-encoded. Multipart: one or more ``image``
-file parts, every other field as a query parameter (so ``curl -F image=@cat.jpg`` works);
-nested objects may be passed as JSON strings in a query parameter.
+file parts, every other field as a query parameter (so ``curl -F image=@cat.jpg`` works). In
+the query string a list is comma-separated or repeated (``outputs=stats,heatmap``,
+``targets=281&targets=282``), a nested field is dotted (``render.colormap=turbo``), and any
+value may be JSON (``targets={"top_k":2}``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -99,11 +104,69 @@ async def _multipart(request: Request, model: type[M], settings: Settings) -> tu
         raise ProblemError("the multipart body has no 'image' file part; send -F image=@photo.jpg")
     _check_count(len(files), settings)
     raw = [await f.read() for f in files]  # type: ignore[union-attr]
-    params: dict[str, Any] = {}
-    for key, value in request.query_params.multi_items():
-        params[key] = _maybe_json(value)
+    params = query_fields(request.query_params.multi_items(), model)
     params["images"] = ["<multipart>"] * len(raw)
     return model.model_validate(params), raw
+
+
+_INTEGER = re.compile(r"^-?[0-9]+$")
+
+
+def query_fields(items: list[tuple[str, str]], model: type[BaseModel]) -> dict[str, Any]:
+    """Query parameters as the fields of ``model``: dotted keys nest, a field that takes a
+    list gets comma-separated or repeated values as one (integers where the field takes
+    integers: ``targets=281,tabby``), JSON values are parsed."""
+    grouped: dict[str, list[str]] = {}
+    for key, value in items:
+        grouped.setdefault(key, []).append(value)
+    params: dict[str, Any] = {}
+    for key, values in grouped.items():
+        head, _, rest = key.partition(".")
+        annotation = model.model_fields[head].annotation if head in model.model_fields else None
+        if rest:  # render.colormap=turbo -> {"render": {"colormap": "turbo"}}
+            nested = params.setdefault(head, {})
+            if not isinstance(nested, dict):
+                raise ProblemError(f"query parameter {key!r} conflicts with {head!r}")
+            nested[rest] = _maybe_json(values[-1])
+            continue
+        lists, scalars = _split_members(annotation)
+        single = len(values) == 1 and "," not in values[0]
+        if lists and values[0][:1] not in "{[" and not (single and _fits(values[0], scalars)):
+            ints = any(int in _members(typing.get_args(t)[0]) for t in lists if typing.get_args(t))
+            parts = [p.strip() for v in values for p in v.split(",") if p.strip()]
+            params[key] = [int(p) if ints and _INTEGER.match(p) else p for p in parts]
+        else:
+            params[key] = _maybe_json(values[-1])
+    return params
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a field type (``Annotated`` and unions flattened)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(annotation) for m in _members(a)]
+    return [annotation]
+
+
+def _fits(value: str, scalars: list[Any]) -> bool:
+    """Whether a lone query value can stand as one of a field's non-list types."""
+    for kind in scalars:
+        if kind is str or kind is Any:
+            return True
+        if typing.get_origin(kind) is typing.Literal and value in typing.get_args(kind):
+            return True
+    return False
+
+
+def _split_members(annotation: Any) -> tuple[list[Any], list[Any]]:
+    """(list types, other types) a field accepts; nothing for an unknown field."""
+    if annotation is None:
+        return [], []
+    members = _members(annotation)
+    lists = [m for m in members if m is list or typing.get_origin(m) is list]
+    return lists, [m for m in members if m not in lists and m is not type(None)]
 
 
 def _maybe_json(value: str) -> Any:
