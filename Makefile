@@ -13,16 +13,19 @@ PYTEST_WORKERS ?= 2
 .PHONY: serve test lint typecheck store bench clean
 
 $(PY):
+	@echo "creating $(VENV) (first time only)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 # The service plus the zoo extra (torch, only to export the pretrained default model once).
 $(VENV)/.installed-serve: pyproject.toml | $(PY)
+	@echo "installing cnnvis and the zoo extra into $(VENV) (a few minutes, first time only)"
 	$(PY) -m pip install --quiet -e '.[zoo]'
 	touch $@
 
 # Everything for the test suite: reference libraries (pytorch-grad-cam, captum, onnx-ad), torchvision.
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
+	@echo "installing cnnvis and the test dependencies into $(VENV) (first time only)"
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed-serve
 
@@ -32,6 +35,7 @@ $(STORE)/$(DEFAULT_MODEL): | $(VENV)/.installed-serve
 store: $(VENV)/.installed-serve $(STORE)/$(DEFAULT_MODEL)
 
 serve: store
+	@echo "serving $(STORE) on http://$(HOST):$(PORT) (try: curl $(HOST):$(PORT)/v1/models)"
 	$(VENV)/bin/cnnvis serve --host $(HOST) --port $(PORT) --store $(STORE)
 
 test: $(VENV)/.installed-dev

