@@ -7,10 +7,7 @@ import base64
 import hmac
 import json
 import logging
-import os
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,64 +135,19 @@ def test_tokens_never_reach_the_logs(
     assert any("Bearer [redacted]" in line for line in rendered)
 
 
-# ---- timing -------------------------------------------------------------------------------
+# ---- constant-time comparison ------------------------------------------------------------
 #
 # A wrong token that shares a long prefix with the real one must take as long to refuse as one
-# that differs at its first byte; otherwise an attacker learns the token byte by byte. Timing
-# through HTTP is drowned in noise (milliseconds of jitter against nanoseconds of compare), so
-# the test times the comparison itself, on long tokens that make any prefix dependence large:
-# - a control proves the harness has the power to see a leak: plain `==` on the same inputs
-#   shows a many-fold difference between the two medians;
-# - hmac.compare_digest (what deps._check uses) shows none, within a generous 1.5x;
-# - deps._check end to end (header parsing, encoding, compare) shows none either; a
-#   per-character early-exit loop there would show milliseconds against microseconds.
-# Samples alternate between the two inputs so that drift (other processes on a shared CPU)
-# hits both alike, and medians ignore the outliers such drift makes.
+# that differs at its first byte. That is a property of the comparison, so the test pins the
+# comparison: every configured token goes through hmac.compare_digest, whole, even after a
+# match. The timing itself is measured in bench/auth_timing.py (wall-clock ratios do not
+# belong in a suite that runs on busy machines).
 
 
-def median_ratio(compare: Callable[[Any], object], near: Any, far: Any, rounds: int = 60) -> float:
-    near_ns, far_ns = [], []
-    for _ in range(rounds):
-        for sample, times in ((near, near_ns), (far, far_ns)):
-            start = time.perf_counter_ns()
-            compare(sample)
-            times.append(time.perf_counter_ns() - start)
-    return statistics.median(near_ns) / max(statistics.median(far_ns), 1)
-
-
-def prefix_variants(secret: bytes) -> tuple[bytes, bytes]:
-    """Same length as ``secret``: one differs only in its last byte, one in its first."""
-    near = secret[:-1] + bytes([secret[-1] ^ 1])
-    far = bytes([secret[0] ^ 1]) + secret[1:]
-    return near, far
-
-
-def test_compare_time_does_not_depend_on_the_shared_prefix() -> None:
-    secret = os.urandom(256 * 1024).hex().encode()  # 512 KiB of hex, like a token's alphabet
-    near, far = prefix_variants(secret)
-
-    leaky = median_ratio(lambda token: token == secret, near, far)
-    assert leaky > 5, f"the harness cannot see an early-exit compare (ratio {leaky:.2f})"
-
-    constant = median_ratio(lambda token: hmac.compare_digest(token, secret), near, far)
-    assert 1 / 1.5 < constant < 1.5, f"compare_digest ratio {constant:.2f}"
-
-
-def test_check_refuses_in_time_independent_of_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
-    secret = os.urandom(64 * 1024).hex()
-    near, far = prefix_variants(secret.encode())
-
+def test_every_token_is_compared_whole_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     def request(token: bytes) -> Request:
         return Request({"type": "http", "headers": [(b"authorization", b"Bearer " + token)]})
 
-    def refuse(req: Request) -> None:
-        with pytest.raises(deps.Forbidden):
-            deps._check(req, [secret], "the test")
-
-    ratio = median_ratio(refuse, request(near), request(far), rounds=40)
-    assert 1 / 1.5 < ratio < 1.5, f"deps._check ratio {ratio:.2f}"
-
-    # and every configured token is compared, with compare_digest, even after a match
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -205,4 +157,8 @@ def test_check_refuses_in_time_independent_of_the_prefix(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(deps.hmac, "compare_digest", spy)
     deps._check(request(b"one"), ["one", "two", "three"], "the test")
-    assert [b for _, b in calls] == [b"one", b"two", b"three"]
+    assert calls == [(b"one", b"one"), (b"one", b"two"), (b"one", b"three")]
+    calls.clear()
+    with pytest.raises(deps.Forbidden):
+        deps._check(request(b"on"), ["one", "two"], "the test")
+    assert calls == [(b"on", b"one"), (b"on", b"two")]
