@@ -18,6 +18,7 @@ __all__ = [
     "ImageTooLarge",
     "InvalidCard",
     "InvalidModel",
+    "InvalidRequest",
     "LayerNotFound",
     "ModelConflict",
     "ModelNotFound",
@@ -28,6 +29,13 @@ __all__ = [
     "UnsupportedMediaType",
     "UnsupportedModel",
 ]
+
+
+class InvalidRequest(ProblemError):
+    """A body or query string that does not match the request model; ``errors`` has the
+    fields."""
+
+    slug = "validation"
 
 
 class BadImage(ProblemError):

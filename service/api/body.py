@@ -21,6 +21,7 @@ from fastapi import Request
 from PIL import Image
 from pydantic import BaseModel
 
+from service.api.problems import parse_request
 from service.errors import PayloadTooLarge, ProblemError, UnsupportedMediaType
 from service.imaging.decode import decode_base64_image, decode_image
 from service.settings import Settings
@@ -72,7 +73,7 @@ async def read_image_request(request: Request, model: type[M], settings: Setting
             payload = json.loads(await request.body() or b"null")
         except ValueError as exc:
             raise ProblemError(f"the body is not valid JSON: {exc}") from None
-        body = model.model_validate(payload)
+        body = parse_request(model, payload)
         encoded: list[str] = body.images  # type: ignore[attr-defined]
         _check_count(len(encoded), settings)
         images = [
@@ -106,7 +107,7 @@ async def _multipart(request: Request, model: type[M], settings: Settings) -> tu
     raw = [await f.read() for f in files]  # type: ignore[union-attr]
     params = query_fields(request.query_params.multi_items(), model)
     params["images"] = ["<multipart>"] * len(raw)
-    return model.model_validate(params), raw
+    return parse_request(model, params), raw
 
 
 _INTEGER = re.compile(r"^-?[0-9]+$")

@@ -18,14 +18,13 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
-from pydantic import ValidationError
 
 from models_store.errors import ProblemError
 from models_store.graph import graph_outputs
 from models_store.store import ModelRecord
 from schemas.explain import ExplainRequest
 from service.api.deps import ApiDep, StateDep
-from service.api.problems import summarize_errors, validation_errors
+from service.api.problems import parse_request
 from service.errors import PayloadTooLarge
 from service.imaging.decode import decode_base64_image, decode_image
 from service.pipeline.explain import explain
@@ -127,11 +126,7 @@ def _top_k(value: Any, settings: Settings, field: str) -> int:
 
 
 def _explain_request(fields: dict[str, Any], images: int) -> ExplainRequest:
-    try:
-        return ExplainRequest.model_validate({**fields, "images": ["<decoded>"] * images})
-    except ValidationError as exc:
-        errors = validation_errors(exc)
-        raise ProblemError(summarize_errors(errors), errors=errors) from None
+    return parse_request(ExplainRequest, {**fields, "images": ["<decoded>"] * images})
 
 
 def _decode_b64(encoded: str, settings: Settings) -> Image.Image:

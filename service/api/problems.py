@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from models_store.errors import ProblemError
+from service.errors import InvalidRequest
 
 log = logging.getLogger("cnnvis.api")
+M = TypeVar("M", bound=BaseModel)
 PROBLEM_BASE = "https://cnnvis.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
 
@@ -45,6 +47,15 @@ def validation_errors(exc: ValidationError | RequestValidationError) -> list[dic
         loc = [str(p) for p in err.get("loc", ())]
         out.append({"loc": loc, "msg": err.get("msg", ""), "type": err.get("type", "")})
     return out
+
+
+def parse_request(model: type[M], payload: Any) -> M:
+    """``payload`` as ``model``; a mismatch is the client's: a 422 naming every field."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        errors = validation_errors(exc)
+        raise InvalidRequest(summarize_errors(errors), errors=errors) from None
 
 
 def summarize_errors(errors: list[dict[str, Any]]) -> str:
@@ -86,13 +97,22 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ValidationError)
     async def _validation(request: Request, exc: ValidationError) -> JSONResponse:
-        errors = validation_errors(exc)
+        # a client's body is parsed by parse_request (422); this one is the server's own
+        # model failing validation, e.g. a response it built wrongly
+        log.exception("internal validation error on %s %s", request.method, request.url.path)
         return problem_response(
-            422, "Invalid request", summarize_errors(errors), slug="validation", errors=errors
+            500, "Internal server error", "an unexpected error occurred; see the server log"
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": not JSON
+            return problem_response(
+                422,
+                "Invalid request",
+                f"the body is not valid JSON ({exc.detail})",
+                slug="validation",
+            )
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:  # Starlette names only the first matching route's methods
