@@ -15,6 +15,7 @@ M the upper bound (infinite for ReLU):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -95,6 +96,55 @@ class RectifierRule(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# A float64 max-pool window whose two largest inputs are closer than this (relative to the
+# pooled tensor's largest magnitude) is a near-tie: float32 rounding in any implementation may
+# pick either, so the gradient's route there is the forward's choice, not a property of the
+# companion graph (docs/companion.md, "the Inception finding").
+NEAR_TIE = 1e-6
+_MAX_POOLS = {F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices}
+
+
+class PoolChoices(TorchFunctionMode):
+    """Max pools that follow another forward's choices at near-ties.
+
+    ``chosen[k]`` is the k-th max pool's input as that forward computed it (None: no
+    alignment). In each window whose float64 top two are a near-tie, the output is the input
+    at the index the other forward picked; elsewhere torch's own argmax stands. ``aligned``
+    counts the windows that moved, ``refused`` the windows where the two disagree by more
+    than a near-tie (a real difference, left as it is).
+    """
+
+    def __init__(self, chosen: list[np.ndarray | None]) -> None:
+        super().__init__()
+        self.chosen = chosen
+        self.calls = 0
+        self.aligned = 0
+        self.refused = 0
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = dict(kwargs or {})
+        if func not in _MAX_POOLS:
+            return func(*args, **kwargs)
+        k, self.calls = self.calls, self.calls + 1
+        kwargs.pop("return_indices", None)
+        x = args[0]
+        out, ours = F.max_pool2d_with_indices(*args, **kwargs)
+        if k >= len(self.chosen) or self.chosen[k] is None or x.ndim != 4:
+            return out
+        other = torch.from_numpy(self.chosen[k]).to(x.dtype)
+        _, theirs = F.max_pool2d_with_indices(other, *args[1:], **kwargs)
+        flat = x.flatten(2)
+        gap = (flat.gather(2, ours.flatten(2)) - flat.gather(2, theirs.flatten(2))).abs()
+        near = gap <= NEAR_TIE * float(x.detach().abs().max())
+        differ = ours.flatten(2) != theirs.flatten(2)
+        self.aligned += int((differ & near).sum())
+        self.refused += int((differ & ~near).sum())
+        index = torch.where(differ & near, theirs.flatten(2), ours.flatten(2))
+        return flat.gather(2, index).view_as(out)
+
+
 @dataclass
 class Reference:
     logits: np.ndarray
@@ -111,11 +161,13 @@ def gradients(
     mid: str | None,
     rule: str,
     dtype: torch.dtype,
+    pools: PoolChoices | None = None,
 ) -> Reference:
     """d sum(seed * logits) / d(image) and / d(output of module ``mid``), in ``dtype``.
 
     ``rule="standard"`` is plain torch autograd (no mode); the others run under
-    :class:`RectifierRule`. ``module`` is not modified (a float64 copy is made if asked).
+    :class:`RectifierRule`. ``pools``: max pools follow its choices at near-ties.
+    ``module`` is not modified (a float64 copy is made if asked).
     """
     net = module if dtype == torch.float32 else copy.deepcopy(module).to(dtype)
     net.eval()
@@ -128,11 +180,12 @@ def gradients(
     try:
         xt = torch.from_numpy(x).to(dtype).requires_grad_()
         mode = RectifierRule(rule) if rule != "standard" else None
-        if mode is None:
+        with contextlib.ExitStack() as modes:
+            if pools is not None:
+                modes.enter_context(pools)
+            if mode is not None:
+                modes.enter_context(mode)
             logits = net(xt)
-        else:
-            with mode:
-                logits = net(xt)
         wrt = [xt] + ([captured["mid"]] if mid is not None else [])
         score = (logits * torch.from_numpy(seed).to(dtype)).sum()
         grads = torch.autograd.grad(score, wrt)
