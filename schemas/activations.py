@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.explain import Colormap, TopK
 from schemas.images import ImagesField
 
+TileOutput = Literal["tiles", "stats"]
+
+
+def _outputs(*names: TileOutput) -> list[TileOutput]:
+    return list(names)
+
 
 class TileRender(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -28,8 +34,8 @@ class ActivationsRequest(BaseModel):
         description='"all", {"top_k": k} by mean activation, or channel indices.',
     )
     render: TileRender = Field(default_factory=TileRender)
-    outputs: list[Literal["tiles", "stats"]] = Field(
-        default_factory=lambda: ["tiles", "stats"], min_length=1
+    outputs: list[TileOutput] = Field(
+        default_factory=lambda: _outputs("tiles", "stats"), min_length=1
     )
 
 

@@ -83,7 +83,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             log_level=settings.log_level,
             log_config=log_config(settings.log_level, settings.log_format),
             access_log=False,  # the app writes access lines with the request id
-            timeout_graceful_shutdown=settings.shutdown_grace_s,
+            # typed int by uvicorn, used as an asyncio timeout: a float is what it needs
+            timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         )
         return 0
     store = ModelStore(settings.store)

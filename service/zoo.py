@@ -65,7 +65,7 @@ def efficientnet_lite0() -> tuple[bytes, ModelCard]:
         torch.onnx.export(
             net,
             (torch.zeros(1, 3, 224, 224),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # torch's stubs say path; it takes a file object
             input_names=["image"],
             output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},

@@ -145,7 +145,16 @@ class RuleContext:
     def has_input(self, i: int) -> bool:
         return i < len(self.node.input) and self.node.input[i] != ""
 
-    def grad_out(self, i: int = 0) -> str | None:
+    def grad_out(self, i: int = 0) -> str:
+        """The gradient at output ``i``. A rule runs only when one of its outputs has one, so a
+        single-output node always has it; multi-output rules use ``grad_out_or_none``."""
+        g = self.grad_out_or_none(i)
+        if g is None:
+            raise AssertionError(f"{self._hint}: output {i} has no gradient")
+        return g
+
+    def grad_out_or_none(self, i: int = 0) -> str | None:
+        """The gradient at output ``i``, None when nothing downstream of it is differentiated."""
         return self._grads_out[i] if i < len(self._grads_out) else None
 
     def needs(self, i: int) -> bool:

@@ -52,7 +52,9 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.ValueI
     complete the shapes.
     """
     if len(model.functions):
-        model = onnx.inliner.inline_local_functions(model)
+        from onnx import inliner
+
+        model = inliner.inline_local_functions(model)
     if default_opset(model) < MIN_OPSET:
         from onnx import version_converter
 
@@ -271,9 +273,8 @@ class SourceGraph:
             if dims is None or any(not isinstance(d, int) for d in dims[1:]):
                 return None
             elem = self.dtypes.get(vi.name, onnx.TensorProto.FLOAT)
-            feeds[vi.name] = np.zeros(
-                (batch, *dims[1:]), dtype=helper.tensor_dtype_to_np_dtype(elem)
-            )
+            sizes = [d for d in dims[1:] if isinstance(d, int)]  # all of them (checked)
+            feeds[vi.name] = np.zeros((batch, *sizes), dtype=helper.tensor_dtype_to_np_dtype(elem))
         model = self.pruned([name])
         used = {i for n in model.graph.node for i in n.input}
         feeds = {k: v for k, v in feeds.items() if k in used}
@@ -321,7 +322,7 @@ class SourceGraph:
 
 
 def outer_names(graph: onnx.GraphProto) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for node in graph.node:
         names.update(i for i in node.input if i)
         for attr in node.attribute:

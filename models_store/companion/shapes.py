@@ -245,7 +245,7 @@ def _freeze(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.Model
     out = onnx.ModelProto()
     out.CopyFrom(model)
     kept = []
-    added = []
+    added: list[onnx.NodeProto] = []
     for node in out.graph.node:
         outs = [o for o in node.output if o]
         if outs and all(o in values for o in outs):

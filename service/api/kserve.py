@@ -298,8 +298,8 @@ async def _infer(
         )
         fields["outputs"] = ["array", "overlay"]
         body = _explain_request(fields, len(images))
-        done = await state.admission.run(record.name, explain, state, record, body, images)
-        tensors = _explain_tensors(done)
+        explained = await state.admission.run(record.name, explain, state, record, body, images)
+        tensors = _explain_tensors(explained)
         labels = {}
     outputs = _requested_outputs(header, tensors, labels)
     response: dict[str, Any] = {"model_name": record.name, "model_version": record.version}

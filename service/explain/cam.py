@@ -123,7 +123,7 @@ def eigengradcam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
     return first_component(g * a)
 
 
-def onehot(targets: Sequence[int], classes: int) -> np.ndarray:
+def onehot(targets: Sequence[int] | np.ndarray, classes: int) -> np.ndarray:
     """One-hot seeds; a ``TOP_CLASS`` target leaves its row zero, which the companion graph
     reads as "seed the top-scoring class" (models_store/companion/autoseed.py)."""
     index = np.asarray(targets, dtype=np.intp)

@@ -83,7 +83,7 @@ def scorecam(
     bs = options["batch_size"]
     unique, of_row = distinct_rows(x)  # the masked runs score every class: once per image
     scores, acts = runner.forward(unique, extra=layers, batch_size=bs)
-    targets = resolve_ranks(targets, scores[of_row])
+    classes = resolve_ranks(targets, scores[of_row])
     size = (x.shape[2], x.shape[3])
     mode = options["score"]
     base = None
@@ -109,7 +109,7 @@ def scorecam(
             if constant.any():
                 logits[constant] = runner.forward(np.zeros_like(unique[u][None]))[0][0]
             for r in np.flatnonzero(of_row == u):
-                c = targets[r]
+                c = classes[r]
                 if mode == "logit":
                     w = _softmax(logits[:, c])
                 elif mode == "probability":
@@ -119,7 +119,7 @@ def scorecam(
                     w = logits[:, c] - base[c]
                 weights[r, channels] = w
         maps.append(_weighted(weights, a[of_row].astype(np.float64)).astype(np.float32))
-    return MethodOutput("perturbation", maps, scores[of_row], targets=targets)
+    return MethodOutput("perturbation", maps, scores[of_row], targets=classes)
 
 
 @register(
@@ -147,7 +147,7 @@ def ablationcam(
     bs = options["batch_size"]
     unique, of_row = distinct_rows(x)  # the ablated runs score every class: once per image
     scores, acts = runner.forward(unique, extra=layers, batch_size=bs)
-    targets = resolve_ranks(targets, scores[of_row])
+    classes = resolve_ranks(targets, scores[of_row])
     maps = []
     for layer, a in zip(layers, acts, strict=False):
         split = runner.can_split(layer)
@@ -173,12 +173,12 @@ def ablationcam(
                     ablated.append(runner.forward_masked(xs, layer, mask))
             ablated_scores = np.concatenate(ablated).astype(np.float64)  # (channels, classes)
             for r in np.flatnonzero(of_row == u):
-                c = targets[r]
+                c = classes[r]
                 original = float(scores[u, c])
                 drop = original - ablated_scores[:, c]
                 weights[r, channels] = drop / original if original != 0 else drop
         maps.append(_weighted(weights, a[of_row].astype(np.float64)).astype(np.float32))
-    return MethodOutput("perturbation", maps, scores[of_row], targets=targets)
+    return MethodOutput("perturbation", maps, scores[of_row], targets=classes)
 
 
 @register(

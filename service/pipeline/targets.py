@@ -30,7 +30,8 @@ def resolve_targets(
     """One list of class indices per image, from the request and the model's scores."""
     k = requested_k(spec, max_per_image)
     if k is None:
-        return explicit_targets(spec, *scores.shape, card, max_per_image)
+        images, classes = scores.shape
+        return explicit_targets(spec, images, classes, card, max_per_image)
     return ranked(scores, k).tolist()
 
 
@@ -41,17 +42,19 @@ def explicit_targets(
     assert isinstance(spec, list)
     if not spec:
         raise ProblemError("targets is an empty list")
-    if all(isinstance(t, list) for t in spec):
+    lists = [t for t in spec if isinstance(t, list)]
+    if len(lists) == len(spec):
         if len(spec) != images:
             raise ProblemError(
                 f"targets has {len(spec)} lists but {images} images were posted;"
                 " send one list per image, or one flat list for all"
             )
-        per_image = spec
-    elif any(isinstance(t, list) for t in spec):
+        per_image: list[list[int | str]] = lists
+    elif lists:
         raise ProblemError("targets mixes lists and single classes")
     else:
-        per_image = [spec] * images
+        flat = [t for t in spec if not isinstance(t, list)]
+        per_image = [flat] * images
     resolved = []
     for row in per_image:
         if not row:
@@ -61,7 +64,7 @@ def explicit_targets(
                 f"{len(row)} targets for one image exceed the limit {max_per_image}"
                 " (CNNVIS_MAX_TOP_K)"
             )
-        resolved.append([class_index(t, card, classes) for t in row])  # type: ignore[arg-type]
+        resolved.append([class_index(t, card, classes) for t in row])
     return resolved
 
 

@@ -187,8 +187,7 @@ def conv(ctx: RuleContext) -> list[str | None]:
             "constant-weight convolutions are supported"
         )
     weight = ctx.x(1)
-    w_shape = ctx.shape(weight)
-    kernel = ctx.attr("kernel_shape") or [int(k) for k in w_shape[2:]]  # type: ignore[misc]
+    kernel = ctx.attr("kernel_shape") or list(ctx.static_shape(weight, skip_batch=False)[2:])
     geo = window_geometry(ctx, kernel)
     grad = transposed_conv_grad(
         ctx, ctx.grad_out(0), weight, ctx.constant(weight), ctx.attr("group", 1), geo

@@ -53,7 +53,7 @@ def _silu(ctx: RuleContext) -> list[str | None] | None:
 @vjp("Div", broadcast=True)
 def div(ctx: RuleContext) -> list[str | None]:
     g, b = ctx.grad_out(0), ctx.x(1)
-    da = ctx.emit("Div", g, b) if ctx.needs(0) or ctx.needs(1) else None
+    da = ctx.emit("Div", g, b)  # g / b; the rule runs only when some input needs a gradient
     db = None
     if ctx.needs(1):  # -g a / b^2 = -(g / b) * y
         db = ctx.emit("Neg", ctx.emit("Mul", da, ctx.y(0)))

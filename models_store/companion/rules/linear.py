@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from models_store.errors import UnsupportedModel
 
-from ..context import RuleContext, broadcast_shape, vjp
+from ..context import RuleContext, Shape, broadcast_shape, vjp
 
 
 @vjp("Gemm")
@@ -47,6 +47,8 @@ def matmul(ctx: RuleContext) -> list[str | None]:
     a, b = ctx.x(0), ctx.x(1)
     sa, sb = ctx.shape(a), ctx.shape(b)
     # Promote 1-D operands so that both are (..., n, k) @ (..., k, m).
+    sa2: Shape
+    sb2: Shape
     if len(sa) == 1:
         a2, sa2 = ctx.unsqueeze(a, [0]), (1, *sa)
         g = ctx.unsqueeze(g, [-2 if len(sb) > 1 else 0])

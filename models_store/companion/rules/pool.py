@@ -206,7 +206,8 @@ def reduce_sum_mean(ctx: RuleContext) -> list[str | None]:
             raise UnsupportedModel(
                 f"ReduceMean {ctx.node.name!r} reduces a dynamic axis; not supported"
             )
-        g = ctx.emit("Mul", g, ctx.scalar(1.0 / int(np.prod(dims))))
+        count = int(np.prod([d for d in dims if isinstance(d, int)]))  # all of them (checked)
+        g = ctx.emit("Mul", g, ctx.scalar(1.0 / count))
     return [ctx.emit("Expand", g, ctx.shape_of(ctx.x(0)))]
 
 

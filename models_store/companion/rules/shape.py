@@ -70,7 +70,7 @@ def split(ctx: RuleContext) -> list[str | None]:
     axis = ctx.attr("axis", 0) % ctx.rank(ctx.x(0))
     parts = []
     for i, out in enumerate(ctx.node.output):
-        g = ctx.grad_out(i)
+        g = ctx.grad_out_or_none(i)
         if g is None:  # an unused output contributes zeros
             zero = numpy_helper.from_array(np.zeros(1, ctx.dtype()))
             g = ctx.emit("ConstantOfShape", ctx.shape_of(out), value=zero)
@@ -275,8 +275,10 @@ def gather_nd(ctx: RuleContext) -> list[str | None]:
     x = ctx.x(0)
     q = indices.shape[-1]
     lead = [_static_dim(ctx, x, a) for a in range(q)]
-    flat = np.ravel_multi_index(
-        tuple(np.where(indices < 0, indices + np.array(lead), indices).reshape(-1, q).T), lead
+    flat = np.asarray(
+        np.ravel_multi_index(
+            tuple(np.where(indices < 0, indices + np.array(lead), indices).reshape(-1, q).T), lead
+        )
     )
     one_hot_t = np.ascontiguousarray(_one_hot(flat, int(np.prod(lead)), ctx.dtype()).T)
     g = ctx.emit("Reshape", ctx.grad_out(0), ctx.ints([flat.size, -1]))
