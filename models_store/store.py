@@ -36,6 +36,7 @@ from models_store.validate import (
     score_output,
 )
 from schemas.card import NAME_PATTERN, ModelCard
+from schemas.monitoring import out_of_range
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -147,6 +148,10 @@ class ModelStore:
         else:
             width = probe_forward(data, card, image, score.name)
         check_output_width(width, card)
+        if errors := out_of_range(card.monitoring, width):  # a card without labels
+            raise InvalidCard(
+                f"monitoring: {errors[0]['msg']} at {'.'.join(errors[0]['loc'])}", errors=errors
+            )
         card = card.model_copy(
             update={
                 "input": card.input.model_copy(update={"name": image.name}),

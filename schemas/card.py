@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from schemas.monitoring import MonitoringSpec, check_classes
 from schemas.regions import Regions
+from schemas.sampling import check_sampling_classes
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -98,3 +108,19 @@ class ModelCard(BaseModel):
         " window (e.g. border, watermark): every explanation's stats report the share of"
         " attribution in each.",
     )
+    monitoring: MonitoringSpec | None = Field(
+        None,
+        description="Attribution monitoring: drift gauges per class, baselines from requests,"
+        " sampled explanations (docs/monitoring.md).",
+    )
+
+    @field_validator("monitoring")
+    @classmethod
+    def _known_classes(
+        cls, monitoring: MonitoringSpec | None, info: ValidationInfo
+    ) -> MonitoringSpec | None:
+        if monitoring is not None and "labels" in info.data:
+            labels = info.data["labels"]
+            check_classes(monitoring.classes, labels, "monitoring.classes")
+            check_sampling_classes(monitoring.sampling, labels)
+        return monitoring

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.images import ImagesField
+from schemas.regions import Regions
 
 Method = Literal[
     "cam",
@@ -31,6 +32,10 @@ Method = Literal[
 ]
 Output = Literal["heatmap", "overlay", "array", "stats"]
 Colormap = Literal["jet", "viridis", "inferno", "turbo", "gray", "magma", "plasma"]
+
+
+def _outputs(*names: Output) -> list[Output]:
+    return list(names)
 
 
 class TopK(BaseModel):
@@ -88,6 +93,42 @@ class Roi(BaseModel):
         return self
 
 
+FaithfulnessCheck = Literal["confidence_drop", "deletion", "insertion"]
+FAITHFULNESS_CHECKS: tuple[FaithfulnessCheck, ...] = ("confidence_drop", "deletion", "insertion")
+
+
+class Faithfulness(BaseModel):
+    """Opt-in faithfulness checks of each result's map (docs/methods.md, "Signals")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checks: list[FaithfulnessCheck] = Field(
+        default_factory=lambda: list(FAITHFULNESS_CHECKS),
+        min_length=1,
+        description="confidence_drop (Chattopadhay et al. 2018), deletion and insertion"
+        " (Petsiuk et al. 2018); each at most once.",
+    )
+    steps: int = Field(
+        20,
+        ge=1,
+        description="Deletion/insertion steps (curves of steps + 1 points); at most"
+        " CNNVIS_MAX_FAITHFULNESS_STEPS.",
+    )
+    baseline: Literal["zero", "blur"] = Field(
+        "zero",
+        description="What removed pixels become: zero = 0 in the preprocessed input (the card's"
+        " mean colour), blur = the preprocessed input blurred (Gaussian, sigma 5 input pixels).",
+    )
+
+    @field_validator("checks")
+    @classmethod
+    def _distinct(cls, checks: list[FaithfulnessCheck]) -> list[FaithfulnessCheck]:
+        repeated = sorted({c for c in checks if checks.count(c) > 1})
+        if repeated:
+            raise ValueError(f"checks must not repeat: {', '.join(repeated)}")
+        return checks
+
+
 class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -97,8 +138,22 @@ class ExplainRequest(BaseModel):
     layer: str | list[str] = Field("auto", description="'auto', a tensor name, or a list.")
     options: dict[str, Any] = Field(default_factory=dict, description="Method parameters.")
     render: Render = Field(default_factory=Render)
-    outputs: list[Output] = Field(default_factory=lambda: ["heatmap", "overlay"], min_length=1)
+    outputs: list[Output] = Field(
+        default_factory=lambda: _outputs("heatmap", "overlay"), min_length=1
+    )
     roi: Roi | None = None
+    regions: Regions | None = Field(
+        None,
+        description="Named boxes [x0, y0, x1, y1] in normalised coordinates of the model's input"
+        " window, added to the card's regions (a name the card has is replaced);"
+        " stats.region_shares reports each one's share.",
+    )
+    faithfulness: Faithfulness | None = Field(
+        None,
+        description="Run faithfulness checks on each map (extra forwards); the figures go in"
+        " stats, which is then filled even without 'stats' in outputs. Ignored with"
+        " Accept: image/png.",
+    )
     output: Literal["overlay", "heatmap"] | None = Field(
         None, description="With Accept: image/png: which PNG to return (default overlay)."
     )
@@ -126,6 +181,38 @@ class Stats(BaseModel):
     roi_fraction: float | None = Field(
         None, description="Share of positive attribution inside roi.box."
     )
+    sparseness: float = Field(
+        0.0, description="Gini index of |map|: 0 = uniform, 1 - 1/(h*w) = one hot pixel."
+    )
+    top5_share: float | None = Field(
+        None, description="Share of the positive mass in the brightest 5% of pixels."
+    )
+    region_shares: dict[str, float] | None = Field(
+        None,
+        description="Share of the positive mass inside each named region (card and request);"
+        " regions may overlap. Null without regions or positive mass.",
+    )
+    # faithfulness (only when asked for)
+    confidence_drop: float | None = Field(
+        None,
+        description="(p - p_masked) / p: the target's probability p on the input, p_masked on"
+        " the input times the normalised map; negative = the masked input scores higher.",
+    )
+    masked_probability: float | None = Field(
+        None, description="The target's probability on the input times the normalised map."
+    )
+    deletion_auc: float | None = Field(
+        None, description="Area under deletion_curve over the removed fraction in [0, 1]."
+    )
+    insertion_auc: float | None = Field(
+        None, description="Area under insertion_curve over the inserted fraction in [0, 1]."
+    )
+    deletion_curve: list[float] | None = Field(
+        None, description="Target probability after removing the top k/steps of pixels, k=0..steps."
+    )
+    insertion_curve: list[float] | None = Field(
+        None, description="Target probability after inserting the top k/steps of pixels."
+    )
 
 
 class ExplainResult(BaseModel):
@@ -138,6 +225,33 @@ class ExplainResult(BaseModel):
     extras: dict[str, Any] | None = None
 
 
+class ModelProvenance(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
+class Provenance(BaseModel):
+    """Everything that determined the maps: post method, layer (= layers), options, render and
+    targets again to the same model version and software to get the same arrays."""
+
+    model: ModelProvenance
+    cnnvis: str = Field(..., description="cnnvis version.")
+    onnxruntime: str
+    companion_builder: str = Field(..., description="Version of the companion graph builder.")
+    provider: str
+    method: str
+    layers: list[str] = Field(..., description="The layers used, 'auto' resolved.")
+    options: dict[str, Any] = Field(..., description="Every method option, defaults filled in.")
+    render: Render
+    targets: Targets = Field(..., description="As posted.")
+    seed: int | None = Field(None, description="The method's random seed, if it has one.")
+    faithfulness: Faithfulness | None = None
+    regions: dict[str, tuple[float, float, float, float]] = Field(
+        default_factory=dict, description="The regions measured: the card's and the request's."
+    )
+
+
 class ExplainResponse(BaseModel):
     model: dict[str, str]
     method: str
@@ -145,3 +259,4 @@ class ExplainResponse(BaseModel):
     provider: str
     results: list[ExplainResult]
     timings_ms: dict[str, float]
+    provenance: Provenance

@@ -13,9 +13,10 @@ from schemas.explain import ExplainRequest
 from schemas.predict import PredictRequest
 from schemas.problem import Problem
 from service import __version__, observability
-from service.api import explain, health, kserve, models, predict, problems, samples
+from service.api import explain, health, kserve, models, monitoring, predict, problems, samples
 from service.api.body import add_body_schemas
 from service.api.limits import BodyLimit
+from service.monitoring.sampler import close_sampler
 from service.settings import Settings
 from service.state import AppState
 
@@ -32,6 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("store %s: %d models", settings.store, len(state.store.names()))
         yield
         state.admission.close()  # in-flight model work finishes before the process exits
+        close_sampler(state, timeout=5)  # sampled explanations: the one running finishes
+        state.monitor.close()  # then what is queued for monitoring, within a deadline
 
     app = FastAPI(
         title="cnnvis",
@@ -54,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models.router,
         predict.router,
         explain.router,
+        monitoring.router,
         samples.router,
     ):
         app.include_router(router)

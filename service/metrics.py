@@ -33,6 +33,10 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 REQUEST_LABELS = ("route", "http_method", "model", "cnnvis_method", "status")
+# attribution signals, all in [0, 1] (service/monitoring/signal_metrics.py)
+SIGNAL_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+SIGNAL_LABELS = ("model", "method", "class", "source")
+EXPLANATION_LABELS = ("model", "method", "outcome", "source")
 NONE = "-"  # the label value when a request has no model or no explanation method
 OTHER = "other"  # the label value once a label has seen too many distinct values
 
@@ -111,6 +115,60 @@ class Metrics:
             " queue_full | deadline | disconnected).",
             ("model", "reason"),
             registry=r,
+        )
+
+        # monitoring signals: one observation per explained (image, class), filled by
+        # service/monitoring/signal_metrics.py (source: request | sampled); the explanation
+        # counter by the middleware (requests) and the sampler (sampled explanations)
+        def signal(name: str, what: str, labels: tuple[str, ...] = SIGNAL_LABELS) -> Histogram:
+            return Histogram(name, what, labels, buckets=SIGNAL_BUCKETS, registry=r)
+
+        self.signal_sparseness = signal(
+            "cnnvis_signal_sparseness", "Gini index of |attribution| (0 uniform, ~1 one pixel)."
+        )
+        self.signal_top5_share = signal(
+            "cnnvis_signal_top5_share", "Share of positive attribution in the brightest 5%."
+        )
+        self.signal_entropy = signal(
+            "cnnvis_signal_entropy",
+            "Entropy of the positive attribution over log2(pixels) (0 one pixel, 1 uniform).",
+        )
+        self.signal_region_share = signal(
+            "cnnvis_signal_region_share",
+            "Share of positive attribution inside a card region.",
+            (*SIGNAL_LABELS, "region"),
+        )
+        self.signal_probability = signal(
+            "cnnvis_signal_probability", "Probability of the explained class."
+        )
+        self.explanations = Counter(
+            "cnnvis_explanations",
+            "Explanations by outcome (request: ok | client_error | error | shed;"
+            " sampled: ok | error | dropped | stale).",
+            EXPLANATION_LABELS,
+            registry=r,
+        )
+        self.sampling_queue_depth = Gauge(
+            "cnnvis_sampling_queue_depth", "Sampled images waiting to be explained.", registry=r
+        )
+
+        # attribution drift (service/monitoring/monitor.py): the drift and window gauges are
+        # computed at scrape time by the monitor's collector, registered on this registry
+        self.monitoring_dropped = Counter(
+            "cnnvis_monitoring_dropped",
+            "Observations dropped because the monitor's queue was full (source: request |"
+            " sampled).",
+            ("source",),
+            registry=r,
+        )
+        self.monitoring_skipped = Counter(
+            "cnnvis_monitoring_skipped",
+            "Observations left out of drift (reason: no_positive_mass | unknown_model | error).",
+            ("reason",),
+            registry=r,
+        )
+        self.monitoring_queue_depth = Gauge(
+            "cnnvis_monitoring_queue_depth", "Observations waiting for the monitor.", registry=r
         )
 
     def bounded(self, label: str, value: str | None) -> str:

@@ -10,6 +10,7 @@ Per request the middleware
 - exposes it as ``request.state.request_id`` and to log records (service/logs.py);
 - counts the request by route *template* (``/v1/models/{name}/explain``, never the raw path),
   model, explanation method and status, and times it;
+- counts an explain request's outcome in ``cnnvis_explanations_total`` (source ``request``);
 - writes one access line (logger ``cnnvis.access``) — method, path without the query string,
   status, duration; never headers.
 
@@ -39,6 +40,7 @@ from service.metrics import NONE, Metrics
 HEADER = b"x-request-id"
 _VALID_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 UNMATCHED = "<unmatched>"
+EXPLAIN_ROUTE = "/v1/models/{name}/explain"  # its answers are counted as explanations too
 access_log = logging.getLogger("cnnvis.access")
 
 
@@ -81,6 +83,17 @@ def route_template(scope: Scope, templates: Callable[[], Sequence[str]]) -> str:
             scope.setdefault("path_params", match.groupdict())
             return template
     return UNMATCHED
+
+
+def explain_outcome(status: int) -> str:
+    """An explain request's outcome label: ok | shed (503, 504) | client_error | error."""
+    if 200 <= status < 400:
+        return "ok"
+    if status in (503, 504):
+        return "shed"
+    if 400 <= status < 500:
+        return "client_error"  # 499 too: the client went away
+    return "error"
 
 
 def explain_method(scope: Scope) -> str | None:
@@ -161,6 +174,8 @@ class Observability:
         }
         m.requests.labels(**labels).inc()
         m.request_seconds.labels(**labels).observe(seconds)
+        if route == EXPLAIN_ROUTE:
+            m.explanations.labels(model, method, explain_outcome(status), "request").inc()
         access_log.info(
             "%s %s %d",
             scope["method"],

@@ -62,6 +62,38 @@ class Settings(BaseSettings):
     )
     max_smoothgrad_samples: int = Field(200, ge=1, description="SmoothGrad: noisy copies.")
     max_ig_steps: int = Field(512, ge=2, description="Integrated gradients: path steps.")
+    max_faithfulness_steps: int = Field(
+        50, ge=1, description="Explain faithfulness: deletion/insertion steps."
+    )
+
+    # Sampling: explanations of sampled /predict images (docs/monitoring.md).
+    sampling: bool = Field(
+        True, description="Explain /predict images as the cards' monitoring.sampling asks."
+    )
+    sampling_queue: int = Field(
+        64, ge=1, description="Images waiting to be explained; then dropped."
+    )
+    sampling_queue_mib: int = Field(
+        256, ge=1, description="Decoded pixels held by waiting images; then dropped."
+    )
+    sampling_max_age_s: float = Field(
+        30.0, gt=0, description="A sample older than this is dropped as stale."
+    )
+    sampling_idle_only: bool = Field(
+        True, description="Explain a sample only while its model has no request in progress."
+    )
+    sampling_budget: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="Largest share of the time the sampling thread spends explaining.",
+    )
+    sampling_nice: int = Field(
+        10, ge=0, le=19, description="Linux: nice value of the sampling thread (0 = as the rest)."
+    )
+    sampling_seed: int | None = Field(
+        None, description="Seed of the sampling draw (null = a different draw every start)."
+    )
 
     # Security.
     admin_token: str | None = Field(None, description="Bearer token for model registration.")
@@ -76,4 +108,18 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+
+    # Monitoring: attribution drift against baselines (docs/monitoring.md).
+    monitoring: bool = Field(
+        True, description="Watch explanations: signal histograms, drift windows and gauges."
+    )
+    monitoring_grid: int = Field(
+        7, ge=1, le=64, description="Drift: maps are pooled onto a grid of this many cells a side."
+    )
+    monitoring_window: int = Field(
+        500, ge=1, le=100_000, description="Drift: the last explanations kept per class."
+    )
+    monitoring_queue: int = Field(
+        1024, ge=1, description="Observations waiting for the monitor's thread; then dropped."
     )

@@ -50,15 +50,25 @@ class AppState:
                 metrics.queue_seconds.labels(model).observe(queued_s)
                 metrics.ort_run_seconds.labels(model, graph).observe(run_s)
 
+        store = ModelStore(settings.store)
         return cls(
             settings,
-            ModelStore(settings.store),
+            store,
             SessionCache(settings),
             Batcher(settings.max_batch_size, settings.max_batch_delay_ms / 1000, observe),
             Admission(
                 settings.max_queue, settings.request_timeout_s, settings.worker_threads, metrics
             ),
             metrics=metrics,
+            monitor=Monitor(
+                store,
+                grid=settings.monitoring_grid,
+                window=settings.monitoring_window,
+                queue_size=settings.monitoring_queue,
+                metrics=metrics,
+            )
+            if settings.monitoring
+            else Monitor(),
         )
 
     def session(self, record: ModelRecord) -> Session:
@@ -114,3 +124,5 @@ class AppState:
         with self._lock:
             for key in [k for k in self._runners if Path(k).is_relative_to(folder)]:
                 del self._runners[key]
+        if self.monitor.store is not None and folder.parent == self.store.root:
+            self.monitor.forget(folder.name)

@@ -11,6 +11,7 @@ from models_store.errors import ProblemError
 from schemas.predict import Prediction, PredictRequest, PredictResponse
 from service.api.body import openapi_body, read_image_request
 from service.api.deps import ApiDep, StateDep
+from service.monitoring import sampler as sampling
 from service.pipeline.predict import predict_images
 
 router = APIRouter(prefix="/v1/models", tags=["predict"], dependencies=[ApiDep])
@@ -45,6 +46,8 @@ async def predict(
         body.top_k,
         disconnected=request.is_disconnected,
     )
+    # O(1) per image and never raises: queues references for the background sampler
+    sampling.offer(state, record, parsed.images, done.ranked)
     return PredictResponse(
         model={"name": record.name, "version": record.version},
         provider=done.provider,

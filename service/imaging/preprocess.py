@@ -39,6 +39,7 @@ from service.imaging.render import Taps, separable_resize
 __all__ = [
     "Geometry",
     "box_to_input",
+    "box_to_original",
     "input_window",
     "plan_geometry",
     "preprocess",
@@ -208,6 +209,28 @@ def box_to_input(box: Sequence[float], geometry: Geometry) -> tuple[float, float
         clip(y0 * sy - top, h),
         clip(x1 * sx - left, w),
         clip(y1 * sy - top, h),
+    )
+
+
+def box_to_original(box: Sequence[float], geometry: Geometry) -> tuple[float, float, float, float]:
+    """An ``[x0, y0, x1, y1]`` box in input-map pixels -> the same box in original pixels: the
+    inverse of :func:`box_to_input` (``x_orig = (x_in + left) * original / resized``), clipped
+    to the original image (a center_crop larger than the resized image pads outside it)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if x1 < x0 or y1 < y0:
+        raise ValueError(f"box {list(box)} must have x0 <= x1 and y0 <= y1")
+    (oh, ow), (rh, rw) = geometry.original_size, geometry.resized_size
+    left, top, _, _ = geometry.crop_box
+    sx, sy = ow / rw, oh / rh
+
+    def clip(v: float, hi: int) -> float:
+        return float(min(max(v, 0.0), hi))
+
+    return (
+        clip((x0 + left) * sx, ow),
+        clip((y0 + top) * sy, oh),
+        clip((x1 + left) * sx, ow),
+        clip((y1 + top) * sy, oh),
     )
 
 

@@ -25,7 +25,8 @@ Conventions chosen where the reference libraries differ:
 * ``map_stats``: statistics of the map's positive part. ``entropy`` is in bits (log base 2) of
   the positive part normalised to sum 1: 0 for a single hot pixel, ``log2(h * w)`` for a
   uniform map. With no positive attribution at all, ``center_of_mass``, ``entropy`` and
-  ``roi_fraction`` are ``None`` (undefined), ``peak`` is still the argmax.
+  ``roi_fraction`` are ``None`` (undefined), ``peak`` is still the argmax. ``sparseness``,
+  ``top5_share`` and ``region_shares`` come from :mod:`service.imaging.signals`.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ import base64
 import functools
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
+from service.imaging import signals
 from service.imaging.colormaps import colormap_index, colormap_table, row_blocks
-from service.imaging.signals import box_mask
 
+_fast_zlib: Any
 try:  # ISA-L's deflate: ~3x zlib's speed at level 1, same format (a dependency; zlib without)
     from isal import isal_zlib as _fast_zlib
 except ImportError:  # pragma: no cover - depends on the environment
@@ -162,10 +164,10 @@ def _lerp_axis(m: np.ndarray, taps: Taps, axis: int, dtype: type) -> np.ndarray:
     lo, hi, frac = taps
     shape = [1] * m.ndim
     shape[axis] = -1
-    f = frac.astype(dtype).reshape(shape)
-    out = np.take(m, lo, axis=axis).astype(dtype, copy=False)
+    f: np.ndarray = frac.astype(dtype).reshape(shape)
+    out: np.ndarray = np.take(m, lo, axis=axis).astype(dtype, copy=False)
     out *= 1 - f
-    upper = np.take(m, hi, axis=axis).astype(dtype, copy=False)
+    upper: np.ndarray = np.take(m, hi, axis=axis).astype(dtype, copy=False)
     upper *= f
     out += upper
     return out
@@ -422,11 +424,18 @@ def encode_array(a: np.ndarray) -> dict[str, Any]:
     return {"shape": list(arr.shape), "dtype": "float32", "data": to_base64(arr.tobytes())}
 
 
-def map_stats(m: np.ndarray, roi_box: Sequence[float] | None = None) -> dict[str, Any]:
-    """Peak, centre of mass, entropy (bits) and ROI share of a 2-D map's positive part.
+def map_stats(
+    m: np.ndarray,
+    roi_box: Sequence[float] | None = None,
+    regions: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """Peak, centre of mass, entropy (bits), ROI share, sparseness, top-5% share and region
+    shares of a 2-D map (its positive part, except ``sparseness``: the Gini index of ``|m|``).
 
-    ``roi_box`` is ``[x0, y0, x1, y1]`` in this map's pixel coordinates (see
-    :func:`service.imaging.preprocess.box_to_input` to convert from original pixels).
+    ``roi_box`` and the boxes of ``regions`` (name -> box) are ``[x0, y0, x1, y1]`` in this
+    map's pixel coordinates (see :func:`service.imaging.preprocess.box_to_input` to convert
+    from original pixels, :func:`service.imaging.signals.box_to_map` from normalised ones).
+    The one place the explain ``stats`` dict is assembled (faithfulness figures aside).
     """
     x = np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     if x.ndim != 2:
@@ -439,6 +448,9 @@ def map_stats(m: np.ndarray, roi_box: Sequence[float] | None = None) -> dict[str
         "center_of_mass": None,
         "entropy": None,
         "roi_fraction": None,
+        "sparseness": signals.sparseness(x),
+        "top5_share": None,
+        "region_shares": None,
     }
     if total <= 0.0 or not np.isfinite(total):
         return stats
@@ -448,5 +460,7 @@ def map_stats(m: np.ndarray, roi_box: Sequence[float] | None = None) -> dict[str
     nz = p[p > 0]
     stats["entropy"] = float(max(0.0, -(nz * np.log2(nz)).sum()))
     if roi_box is not None:
-        stats["roi_fraction"] = float(p[box_mask(x.shape, roi_box)].sum())
+        stats["roi_fraction"] = float(p[signals.box_mask(x.shape, roi_box)].sum())
+    stats["top5_share"] = signals.top_share(x)
+    stats["region_shares"] = signals.region_shares(x, regions or {})
     return stats

@@ -44,9 +44,15 @@ def top_share(m: np.ndarray, fraction: float = TOP_FRACTION) -> float | None:
     total = float(p.sum())
     if total <= 0.0 or not math.isfinite(total):
         return None
-    k = max(1, math.ceil(fraction * p.size))
+    k = top_count(p.size, fraction)
     top = np.partition(p, p.size - k)[p.size - k :]
     return float(min(1.0, top.sum() / total))
+
+
+def top_count(n: int, fraction: float = TOP_FRACTION) -> int:
+    """``ceil(fraction * n)`` (at least 1), immune to float products such as 0.05 * 60 =
+    3.0000000000000004."""
+    return max(1, math.ceil(round(fraction * n, 9)))
 
 
 def box_to_map(box: Sequence[float], shape: tuple[int, int]) -> tuple[float, float, float, float]:

@@ -7,21 +7,35 @@ service/imaging (rendering). Everything here runs in a worker thread.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image
 
+from models_store.companion import BUILDER_VERSION
 from models_store.errors import ProblemError
 from models_store.store import ModelRecord
-from schemas.explain import ArrayOut, ExplainRequest, ExplainResult, Stats, Target
+from schemas.explain import (
+    ArrayOut,
+    ExplainRequest,
+    ExplainResult,
+    ModelProvenance,
+    Provenance,
+    Stats,
+    Target,
+)
+from service import __version__
 from service.explain import CanonicalRunner, get_method, run_method
+from service.explain.faithfulness import faithfulness
+from service.explain.registry import resolve_options
 from service.explain.targets import rank_target
 from service.imaging.decode import to_8bit
 from service.imaging.preprocess import (
     Geometry,
     box_to_input,
+    box_to_original,
     input_window,
     preprocess_with_geometry,
     scale_box,
@@ -33,8 +47,11 @@ from service.imaging.render import (
     encode_png,
     map_stats,
     overlay_map,
+    resize_map,
     to_base64,
 )
+from service.imaging.signals import box_to_map
+from service.monitoring.observation import Observation
 from service.pipeline.heatmaps import finish, fuse_cam_layers, gradient_map
 from service.pipeline.layout import canonical_runner, input_plan
 from service.pipeline.limits import check_work
@@ -43,6 +60,7 @@ from service.scores import class_score, probabilities
 from service.state import AppState
 
 PngChoice = Literal["overlay", "heatmap"]
+Box = tuple[float, float, float, float]
 MAX_EXTRA_VALUES = 64  # per result; larger method intermediates are not sent
 
 
@@ -53,6 +71,16 @@ class Explained:
     results: list[ExplainResult]
     pngs: list[bytes | None]  # with png=...: the PNG an `Accept: image/png` client gets
     timings_ms: dict[str, float]
+    # one per result, for service.monitoring (the map over the input window, regions on it)
+    observations: list[Observation] = field(default_factory=list)
+    provenance: Provenance | None = None
+
+
+@dataclass
+class _Rendered:
+    result: ExplainResult
+    png: bytes | None
+    window_map: np.ndarray  # the 2-D map before size=original: covers the input window
 
 
 def explain(
@@ -62,7 +90,8 @@ def explain(
     images: list[Image.Image],
     png: PngChoice | None = None,
 ) -> Explained:
-    """``png``: render only that PNG per result (for ``Accept: image/png``), nothing else."""
+    """``png``: render only that PNG per result (for ``Accept: image/png``), nothing else
+    (no stats, no faithfulness checks)."""
     card = record.card
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -70,6 +99,10 @@ def explain(
     x, geometries = preprocess_with_geometry(images, input_plan(record).nchw)
     runner = canonical_runner(state, record)
     layers = resolve_layers(state, record, body.layer)
+    method = get_method(body.method)
+    options = resolve_options(method, body.options)  # validated again by check_work
+    rows = _rows(state, body, record, runner, x, method.ranked)
+    checks = body.faithfulness if png is None else None
     check_work(
         state.settings,
         body.method,
@@ -77,30 +110,79 @@ def explain(
         layers,
         state.summary(record),
         (card.input.height, card.input.width),
+        checks,
+        len(rows),
     )
-    method = get_method(body.method)
-    rows = _rows(state, body, record, runner, x, method.ranked)
+    regions: dict[str, Box] = {**card.regions, **(body.regions or {})}
     timings["preprocess"] = _lap(clock)  # and target choice; every model run is "method"
 
     clock = time.perf_counter()
     image_of_row = np.array([i for i, _ in rows])
-    output = run_method(
-        body.method, runner, x[image_of_row], [t for _, t in rows], layers, body.options
-    )
+    x_rows = x[image_of_row]
+    output = run_method(body.method, runner, x_rows, [t for _, t in rows], layers, body.options)
     scores = output.scores  # one row per (image, target), from the method's own run
     probs = probabilities(scores, card)
     timings["method"] = _lap(clock)
 
     clock = time.perf_counter()
-    results, pngs = [], []
+    results, pngs, window_maps, observations = [], [], [], []
+    want_stats = png is None and ("stats" in body.outputs or checks is not None)
     for r, (i, _) in enumerate(rows):
-        result, image_png = _render_row(body, output, r, images[i], geometries[i], png)
-        cs = class_score(int(output.targets[r]), scores[r], probs[r], card)  # type: ignore[index]
+        rendered = _render_row(
+            body, output, r, images[i], geometries[i], png, regions if want_stats else None
+        )
+        target = int(output.targets[r])  # type: ignore[index]
+        cs = class_score(target, scores[r], probs[r], card)
+        result = rendered.result
         result.image, result.target = i, Target(**vars(cs))
         results.append(result)
-        pngs.append(image_png)
+        pngs.append(rendered.png)
+        window_maps.append(rendered.window_map)
+        hw = rendered.window_map.shape
+        observations.append(
+            Observation(
+                model=record.name,
+                version=record.version,
+                method=body.method,
+                target=target,
+                label=cs.label,
+                probability=cs.probability,
+                attribution=rendered.window_map,
+                regions={name: box_to_map(box, hw) for name, box in regions.items()},
+            )
+        )
     timings["render"] = _lap(clock)
-    return Explained(layers, runner.provider, results, pngs, timings)
+
+    if checks is not None:
+        clock = time.perf_counter()
+        input_hw = (int(x.shape[2]), int(x.shape[3]))
+        maps = [
+            m if m.shape == input_hw else resize_map(m, input_hw, body.render.interpolation)
+            for m in window_maps
+        ]
+        classes = [int(t) for t in output.targets]  # type: ignore[union-attr]
+        figures = faithfulness(runner, x_rows, maps, classes, card, checks)
+        for result, figure in zip(results, figures, strict=True):
+            assert result.stats is not None  # want_stats
+            result.stats = Stats(**{**result.stats.model_dump(), **figure})
+        timings["faithfulness"] = _lap(clock)
+
+    provenance = Provenance(
+        model=ModelProvenance(name=record.name, version=record.version, sha256=record.sha256),
+        cnnvis=__version__,
+        onnxruntime=ort.__version__,
+        companion_builder=BUILDER_VERSION,
+        provider=runner.provider,
+        method=body.method,
+        layers=layers,
+        options=options,
+        render=body.render,
+        targets=body.targets,
+        seed=options.get("seed") if "seed" in method.options else None,
+        faithfulness=checks,
+        regions=regions,
+    )
+    return Explained(layers, runner.provider, results, pngs, timings, observations, provenance)
 
 
 def _rows(
@@ -152,7 +234,10 @@ def _render_row(
     image: Image.Image,
     geometry: Geometry,
     png: PngChoice | None,
-) -> tuple[ExplainResult, bytes | None]:
+    regions: dict[str, Box] | None,
+) -> _Rendered:
+    """Row ``r``'s result; its stats (with ``regions``, normalised input-window boxes) when
+    ``regions`` is not None."""
     render = body.render
     # CAM-like methods (the CAM family, Score-CAM, ablation) give (rows, h, w) per layer;
     # attribution methods give (rows, C, H, W) at the input
@@ -183,6 +268,7 @@ def _render_row(
             )
         m = finish(reduced, render, cam_like=False)
 
+    window_map = m  # over the model's input window (input or feature resolution)
     original = None
     if render.size == "original":
         m = to_original(m, geometry)
@@ -206,20 +292,44 @@ def _render_row(
         overlay_png = encode_png(blended)
         result.overlay = to_base64(overlay_png)
     if png:
-        return result, heat_png if png == "heatmap" else overlay_png
+        return _Rendered(result, heat_png if png == "heatmap" else overlay_png, window_map)
     if "array" in wanted:
         result.array = ArrayOut(**encode_array(raw if raw is not None else m))
-    if "stats" in wanted:
-        box = None
-        if body.roi is not None:
-            box = (
-                body.roi.box if render.size == "original" else box_to_input(body.roi.box, geometry)
+    if regions is not None:
+        result.stats = Stats(
+            **map_stats(
+                m,
+                _roi_box(body, geometry, m.shape),
+                _boxes(regions, geometry, render.size, m.shape),
             )
-            if render.size == "feature":
-                box = scale_box(box, input_hw, m.shape)
-        result.stats = Stats(**map_stats(m, box))
+        )
     result.extras = _row_extras(output.extras, r, len(output.scores))  # type: ignore[attr-defined]
-    return result, None
+    return _Rendered(result, None, window_map)
+
+
+def _roi_box(body: ExplainRequest, geometry: Geometry, hw: tuple[int, ...]) -> Box | None:
+    """roi.box (original pixels) in the rendered map's pixels."""
+    if body.roi is None:
+        return None
+    if body.render.size == "original":
+        return body.roi.box
+    box = box_to_input(body.roi.box, geometry)
+    if body.render.size == "feature":
+        box = scale_box(box, geometry.input_size, (int(hw[0]), int(hw[1])))
+    return box
+
+
+def _boxes(
+    regions: dict[str, Box], geometry: Geometry, size: str, hw: tuple[int, ...]
+) -> dict[str, Box]:
+    """Normalised input-window boxes in the rendered map's pixels: a map at input or feature
+    size covers the window; an original-size map gets the window's boxes in original pixels."""
+    if size != "original":
+        return {name: box_to_map(box, (int(hw[0]), int(hw[1]))) for name, box in regions.items()}
+    return {
+        name: box_to_original(box_to_map(box, geometry.input_size), geometry)
+        for name, box in regions.items()
+    }
 
 
 def _row_extras(extras: dict[str, object], r: int, rows: int) -> dict[str, object] | None:

@@ -12,7 +12,9 @@ from typing import Any
 
 from models_store.errors import ProblemError
 from models_store.inspect import GraphSummary
+from schemas.explain import Faithfulness
 from service.explain import get_method
+from service.explain.faithfulness import forwards
 from service.explain.registry import resolve_options
 from service.settings import Settings
 
@@ -24,8 +26,14 @@ def check_work(
     layers: Sequence[str],
     summary: GraphSummary,
     input_hw: tuple[int, int],
+    faithfulness: Faithfulness | None = None,
+    rows: int = 1,
 ) -> None:
+    """``rows``: the results the request makes (images x targets), which the faithfulness
+    checks multiply."""
     resolved = resolve_options(get_method(method), options)  # also validates them
+    if faithfulness is not None:
+        check_faithfulness(settings, faithfulness, rows)
     if method in ("scorecam", "ablationcam"):
         channels = 0
         for layer in layers:
@@ -64,6 +72,27 @@ def check_work(
             settings.max_ig_steps,
             "CNNVIS_MAX_IG_STEPS",
             f"options.steps={resolved['steps']}",
+        )
+
+
+def check_faithfulness(settings: Settings, faithfulness: Faithfulness, rows: int) -> None:
+    """Steps per check, and the forwards of the whole request: at most what
+    ``CNNVIS_MAX_IMAGES`` one-target rows at ``CNNVIS_MAX_FAITHFULNESS_STEPS`` would run."""
+    steps = faithfulness.steps
+    _limit(
+        steps,
+        settings.max_faithfulness_steps,
+        "CNNVIS_MAX_FAITHFULNESS_STEPS",
+        f"faithfulness.steps={steps}",
+    )
+    budget = settings.max_images * (1 + 2 * (settings.max_faithfulness_steps + 1))
+    needed = forwards(rows, faithfulness)
+    if needed > budget:
+        raise ProblemError(
+            f"faithfulness with steps={steps} on {rows} results runs up to {needed} forwards:"
+            f" over the limit of {budget} (CNNVIS_MAX_IMAGES={settings.max_images} results at"
+            f" CNNVIS_MAX_FAITHFULNESS_STEPS={settings.max_faithfulness_steps});"
+            " ask for fewer targets or faithfulness.steps"
         )
 
 

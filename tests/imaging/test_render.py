@@ -172,18 +172,24 @@ def test_encode_array_is_little_endian_float32():
 def test_stats_single_peak():
     m = np.zeros((4, 6))
     m[1, 4] = 3.0
-    stats = map_stats(m, roi_box=[4, 1, 5, 2])
+    stats = map_stats(m, roi_box=[4, 1, 5, 2], regions={"hot": [4, 1, 5, 2], "left": [0, 0, 3, 4]})
     assert stats == {
         "peak": [1, 4],
         "center_of_mass": [1.0, 4.0],
         "entropy": 0.0,
         "roi_fraction": 1.0,
+        "sparseness": pytest.approx(1 - 1 / 24),  # one hot pixel of 24
+        "top5_share": 1.0,  # the top 2 pixels (5% of 24, rounded up) hold everything
+        "region_shares": {"hot": 1.0, "left": 0.0},
     }
 
 
 def test_stats_uniform_map_entropy_in_bits():
     stats = map_stats(np.ones((4, 8)), roi_box=[0, 0, 4, 2])
     assert stats["entropy"] == pytest.approx(5.0)  # log2(32)
+    assert stats["sparseness"] == pytest.approx(0.0, abs=1e-12)
+    assert stats["top5_share"] == pytest.approx(2 / 32)  # ceil(0.05 * 32) = 2 pixels
+    assert stats["region_shares"] is None  # no regions
     assert stats["center_of_mass"] == pytest.approx([1.5, 3.5])
     assert stats["roi_fraction"] == pytest.approx(8 / 32)
 
@@ -199,8 +205,16 @@ def test_stats_use_positive_part_only():
 
 
 def test_stats_without_positive_attribution():
-    stats = map_stats(-np.ones((3, 3)), roi_box=[0, 0, 1, 1])
-    assert stats == {"peak": [0, 0], "center_of_mass": None, "entropy": None, "roi_fraction": None}
+    stats = map_stats(-np.ones((3, 3)), roi_box=[0, 0, 1, 1], regions={"a": [0, 0, 1, 1]})
+    assert stats == {
+        "peak": [0, 0],
+        "center_of_mass": None,
+        "entropy": None,
+        "roi_fraction": None,
+        "sparseness": pytest.approx(0.0, abs=1e-12),  # |m| is uniform
+        "top5_share": None,
+        "region_shares": None,
+    }
     assert map_stats(np.ones((2, 2)))["roi_fraction"] is None
 
 

@@ -35,9 +35,7 @@ def test_lists_nesting_and_json() -> None:
     assert repeated == {"outputs": ["stats", "array"]}
     assert query_fields([("targets", "top1")], ExplainRequest) == {"targets": "top1"}
     assert query_fields([("targets", "281")], ExplainRequest) == {"targets": [281]}
-    assert query_fields([("targets", '{"top_k": 2}')], ExplainRequest) == {
-        "targets": {"top_k": 2}
-    }
+    assert query_fields([("targets", '{"top_k": 2}')], ExplainRequest) == {"targets": {"top_k": 2}}
     assert query_fields([("layer", "a,b")], ExplainRequest) == {"layer": ["a", "b"]}
     assert query_fields([("outputs", "stats")], ExplainRequest) == {"outputs": ["stats"]}
     assert "layers" in query_fields([("layers", "a,b")], ActivationsRequest)
