@@ -38,7 +38,7 @@ from models_store.errors import UnsupportedModel
 from tests.companion.helpers import build_checked, rel_err
 from tests.companion.test_models import seeds
 from tests.conformance.table import Row, allowance, record
-from tests.conformance.torch_reference import PoolChoices, Reference, gradients
+from tests.conformance.torch_reference import Reference, forward_choices, gradients
 from tests.fixtures.conformance_zoo import (
     EXPORTERS,
     FAMILIES,
@@ -92,24 +92,6 @@ def references(
             gradients(exported.module, x, seed, mid, rule, torch.float32),
         )
     return _REFERENCES[key]
-
-
-def pool_inputs(model: onnx.ModelProto) -> list[str]:
-    """The input of every MaxPool, in graph order (torch calls its pools in this order)."""
-    return [n.input[0] for n in model.graph.node if n.op_type == "MaxPool"]
-
-
-def ort_values(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> list[np.ndarray | None]:
-    """onnxruntime's float32 forward values of the tensors ``names`` on ``x``."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in known:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    session = open_session(probe)
-    values = session.run(names, {session.get_inputs()[0].name: x})
-    return [np.asarray(v) for v in values]
 
 
 def find_layer(model: onnx.ModelProto, act: np.ndarray, x: np.ndarray) -> str:
@@ -264,16 +246,14 @@ def test_companion_matches_torch_float64(
         (q, o, truth, allowance(rel_err(t32.astype(np.float64), truth)))
         for q, o, truth, t32 in checks
     ]
-    if any(rel_err(outs[o].astype(np.float64), t) > lim for _, o, t, lim in checks) and (
-        pool_inputs(model)
-    ):
-        # a max pool's near-tie may have gone the other way in onnxruntime's float32 forward:
-        # the truth is then the float64 gradient of the route that forward took
-        pools = PoolChoices(ort_values(model, pool_inputs(model), x))
+    if any(rel_err(outs[o].astype(np.float64), t) > lim for _, o, t, lim in checks):
+        # a max pool's or ReLU's near-tie may have gone the other way in onnxruntime's float32
+        # forward: the truth is then the float64 gradient of the route that forward took
+        pools = forward_choices(open_session, model, x)
         mid = exported.family.mid if rule == "standard" else None
         aligned = gradients(exported.module, x, seed, mid, rule, torch.float64, pools)
         if pools.aligned and not pools.refused:
-            where += f", {pools.aligned} near-tie max-pool windows as onnxruntime chose"
+            where += f", {pools.aligned} near-tie max-pool/ReLU decisions as onnxruntime took"
             truths = [aligned.input_gradient, aligned.mid_gradient]
             checks = [(q, o, truths[i], lim) for i, (q, o, _, lim) in enumerate(checks)]
     for quantity, output, truth, limit in checks:

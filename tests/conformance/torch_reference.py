@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -104,36 +106,60 @@ NEAR_TIE = 1e-6
 _MAX_POOLS = {F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices}
 
 
-class PoolChoices(TorchFunctionMode):
-    """Max pools that follow another forward's choices at near-ties.
+class ForwardChoices(TorchFunctionMode):
+    """Max pools and ReLUs that follow another forward's choices at near-ties.
 
-    ``chosen[k]`` is the k-th max pool's input as that forward computed it (None: no
-    alignment). In each window whose float64 top two are a near-tie, the output is the input
-    at the index the other forward picked; elsewhere torch's own argmax stands. ``aligned``
-    counts the windows that moved, ``refused`` the windows where the two disagree by more
-    than a near-tie (a real difference, left as it is).
+    ``pools[k]`` / ``relus[k]`` are the inputs of the k-th max pool / ReLU as that forward
+    (onnxruntime's float32) computed them; None, another shape, or values that are not the
+    same tensor's (off by more than 1e-3 of its largest) leave that call alone. A max-pool
+    window whose float64 top two are a near-tie takes the element the other forward picked; a
+    ReLU input within a near-tie of 0 takes the other forward's sign. ``aligned`` counts the
+    decisions that moved, ``refused`` those where the two disagree by more than a near-tie (a
+    real difference, left as it is).
     """
 
-    def __init__(self, chosen: list[np.ndarray | None]) -> None:
+    def __init__(self, pools: list[np.ndarray | None], relus: list[np.ndarray | None]) -> None:
         super().__init__()
-        self.chosen = chosen
-        self.calls = 0
+        self.pools, self.relus = pools, relus
+        self.calls = {"pool": 0, "relu": 0}
         self.aligned = 0
         self.refused = 0
+
+    def _theirs(self, kind: str, x: torch.Tensor) -> torch.Tensor | None:
+        k = self.calls[kind]
+        self.calls[kind] += 1
+        chosen = self.pools if kind == "pool" else self.relus
+        if k >= len(chosen) or chosen[k] is None or tuple(chosen[k].shape) != tuple(x.shape):
+            return None
+        other = torch.from_numpy(chosen[k]).to(x.dtype)
+        scale = float(x.detach().abs().max())
+        if float((other - x.detach()).abs().max()) > 1e-3 * scale:
+            return None  # not the same tensor: the call orders do not match here
+        return other
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         kwargs = dict(kwargs or {})
+        if func in _RELUS:
+            x = args[0]
+            other = self._theirs("relu", x)
+            if other is None:
+                return func(*args, **kwargs)
+            near = x.detach().abs() <= NEAR_TIE * float(x.detach().abs().max())
+            differ = (x.detach() > 0) != (other > 0)
+            self.aligned += int((differ & near).sum())
+            self.refused += int((differ & ~near).sum())
+            keep = torch.where(differ & near, other > 0, x.detach() > 0)
+            return x * keep.to(x.dtype)
         if func not in _MAX_POOLS:
             return func(*args, **kwargs)
-        k, self.calls = self.calls, self.calls + 1
         kwargs.pop("return_indices", None)
         x = args[0]
         out, ours = F.max_pool2d_with_indices(*args, **kwargs)
-        if k >= len(self.chosen) or self.chosen[k] is None or x.ndim != 4:
+        other = self._theirs("pool", x) if x.ndim == 4 else None
+        if other is None:
             return out
-        other = torch.from_numpy(self.chosen[k]).to(x.dtype)
         _, theirs = F.max_pool2d_with_indices(other, *args[1:], **kwargs)
         flat = x.flatten(2)
         gap = (flat.gather(2, ours.flatten(2)) - flat.gather(2, theirs.flatten(2))).abs()
@@ -143,6 +169,40 @@ class PoolChoices(TorchFunctionMode):
         self.refused += int((differ & ~near).sum())
         index = torch.where(differ & near, theirs.flatten(2), ours.flatten(2))
         return flat.gather(2, index).view_as(out)
+
+
+def decision_inputs(model: onnx.ModelProto, op: str) -> list[str]:
+    """The input of every ``op`` node (MaxPool, Relu), in graph order: the order torch calls
+    them in a traced export."""
+    return [n.input[0] for n in model.graph.node if n.op_type == op]
+
+
+def forward_choices(
+    open_session: Callable[[onnx.ModelProto], Any], model: onnx.ModelProto, x: np.ndarray
+) -> ForwardChoices:
+    """onnxruntime's max-pool and ReLU decisions on ``x``, for a float64 reference."""
+    pools, relus = decision_inputs(model, "MaxPool"), decision_inputs(model, "Relu")
+    values = ort_values(open_session, model, pools + relus, x)
+    return ForwardChoices(values[: len(pools)], values[len(pools) :])
+
+
+def ort_values(
+    open_session: Callable[[onnx.ModelProto], Any],
+    model: onnx.ModelProto,
+    names: list[str],
+    x: np.ndarray,
+) -> list[np.ndarray | None]:
+    """onnxruntime's float32 forward values of the tensors ``names`` on ``x``, in a session
+    opened by ``open_session`` (the harness's own options)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in known:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    session = open_session(probe)
+    values = session.run(names, {session.get_inputs()[0].name: x})
+    return [np.asarray(v) for v in values]
 
 
 @dataclass
@@ -161,7 +221,7 @@ def gradients(
     mid: str | None,
     rule: str,
     dtype: torch.dtype,
-    pools: PoolChoices | None = None,
+    pools: ForwardChoices | None = None,
 ) -> Reference:
     """d sum(seed * logits) / d(image) and / d(output of module ``mid``), in ``dtype``.
 
