@@ -55,7 +55,9 @@ def server(effnet_store: Path) -> Iterator[str]:
 def test_readme_shell_blocks_run_in_order(server: str, tmp_path: Path) -> None:
     blocks = shell_blocks(README.read_text())
     assert len(blocks) >= 2, "the README lost its runnable examples"
-    script = "set -euo pipefail\n" + "\n".join(blocks).replace("localhost:8000", server)
+    # no pipefail: `curl ... | head -c 600` is how a person previews a long answer, and curl
+    # then fails writing into the closed pipe (exit 23); what the blocks print is checked below
+    script = "set -eu\n" + "\n".join(blocks).replace("localhost:8000", server)
     done = subprocess.run(
         ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=900
     )
