@@ -13,7 +13,17 @@ from schemas.explain import ExplainRequest
 from schemas.predict import PredictRequest
 from schemas.problem import Problem
 from service import __version__, observability
-from service.api import explain, health, kserve, models, monitoring, predict, problems, samples
+from service.api import (
+    explain,
+    health,
+    jobs,
+    kserve,
+    models,
+    monitoring,
+    predict,
+    problems,
+    samples,
+)
 from service.api.body import add_body_schemas
 from service.api.limits import BodyLimit
 from service.monitoring.sampler import close_sampler
@@ -30,8 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = AppState.open(settings, getattr(app.state, "metrics", None))
         app.state.cnnvis = state
+        app.state.cnnvis_jobs = jobs.open_manager(settings)  # interrupted jobs marked now
         log.info("store %s: %d models", settings.store, len(state.store.names()))
         yield
+        app.state.cnnvis_jobs.close()  # running jobs stop at their next step: interrupted
         state.admission.close()  # in-flight model work finishes before the process exits
         close_sampler(state, timeout=5)  # sampled explanations: the one running finishes
         state.monitor.close()  # then what is queued for monitoring, within a deadline
@@ -59,7 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         explain.router,
         monitoring.router,
         samples.router,
+        jobs.models,
+        jobs.router,
     ):
         app.include_router(router)
-    add_body_schemas(app, [PredictRequest, ExplainRequest, ActivationsRequest, Problem])
+    add_body_schemas(
+        app, [PredictRequest, ExplainRequest, ActivationsRequest, Problem, *jobs.BODIES]
+    )
     return app

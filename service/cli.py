@@ -51,6 +51,45 @@ def main(argv: list[str] | None = None) -> int:
     zoo_add.add_argument("name")
     zoo.add_parser("list", help="Available zoo models.")
 
+    fv = sub.add_parser(
+        "featurevis",
+        help="Optimise an image for an objective (feature visualisation); writes PNGs.",
+        description="Feature visualisation by optimisation, run here (no server): the same"
+        " objectives, defaults and limits as POST /v1/models/{name}/featurevis.",
+    )
+    fv.add_argument("model", metavar="NAME[@VERSION]")
+    fv.add_argument(
+        "--type",
+        choices=["channel", "neuron", "layer", "class", "direction", "diversity"],
+        default="channel",
+    )
+    fv.add_argument("--layer", default="auto", help='Layer tensor (default "auto").')
+    fv.add_argument("--channel", type=int, default=0)
+    fv.add_argument("--x", type=int)
+    fv.add_argument("--y", type=int)
+    fv.add_argument("--class", dest="class_", help="Class index or label (--type class).")
+    fv.add_argument(
+        "--objective", help="The objective as JSON (as the HTTP body's), instead of --type."
+    )
+    fv.add_argument("--steps", type=int, default=512)
+    fv.add_argument("--size", type=int, default=128)
+    fv.add_argument("--lr", type=float, default=0.05)
+    fv.add_argument("--batch", type=int, default=1)
+    fv.add_argument("--seed", type=int)
+    fv.add_argument("--param", choices=["fourier", "pixels"], default="fourier")
+    fv.add_argument("--no-decorrelate", action="store_true")
+    fv.add_argument("--no-transforms", action="store_true")
+    fv.add_argument("--rule", choices=list(RELU_RULES), default="standard")
+    fv.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        default=Path("featurevis.png"),
+        help="PNG path; a batch writes NAME-0.png, NAME-1.png, ...",
+    )
+    fv.add_argument("--predict", action="store_true", help="Print the result's top-5 classes.")
+    fv.add_argument("--quiet", "-q", action="store_true", help="No progress bar.")
+
     args = parser.parse_args(argv)
     settings = Settings()
     store_path = getattr(args, "serve_store", None) or args.store or settings.store
@@ -87,6 +126,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         )
         return 0
+    if args.command == "featurevis":
+        return _featurevis(args, settings)
     store = ModelStore(settings.store)
     if args.command == "models":
         if args.action == "add":
@@ -167,6 +208,101 @@ def _build(store: ModelStore, args: argparse.Namespace) -> int:
             f"{record.ref}: {', '.join(layers) or '(input only)'} [{args.rule}]"
             f" -> {path.name} ({took:.1f} s)"
         )
+    return 0
+
+
+class ProgressBar:
+    """``[#####.....]  step/steps  objective  elapsed, ~remaining`` redrawn on stderr."""
+
+    def __init__(self, quiet: bool = False, width: int = 30) -> None:
+        import time
+
+        self.quiet, self.width, self.started = quiet, width, time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, step: int, steps: int, value: float) -> None:
+        import time
+
+        now = time.perf_counter()
+        if self.quiet or (now - self.last < 0.1 and step < steps):
+            return
+        self.last = now
+        elapsed = now - self.started
+        left = elapsed / step * (steps - step) if step else 0.0
+        filled = int(self.width * step / max(steps, 1))
+        bar = "#" * filled + "." * (self.width - filled)
+        sys.stderr.write(
+            f"\r[{bar}] {step}/{steps}  objective {value:.4g}  {elapsed:.1f} s, ~{left:.0f} s left "
+        )
+        if step >= steps:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _featurevis(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+
+    from schemas.featurevis import FeatureVisRequest
+    from service.featurevis.jobs import featurevis_work, make_target
+    from service.featurevis.transforms import resize
+    from service.imaging.render import encode_png
+    from service.state import AppState
+
+    if args.objective:
+        objective = json.loads(args.objective)
+    else:
+        objective = {"type": args.type}
+        if args.type == "class":
+            objective["class"] = args.class_
+        else:
+            objective["layer"] = args.layer
+        if args.type in ("channel", "neuron"):
+            objective["channel"] = args.channel
+        if args.type == "neuron":
+            objective.update({k: v for k, v in (("x", args.x), ("y", args.y)) if v is not None})
+    body = FeatureVisRequest.model_validate(
+        {
+            "objective": objective,
+            "steps": args.steps,
+            "size": args.size,
+            "lr": args.lr,
+            "batch": args.batch,
+            "seed": args.seed,
+            "param": {"kind": args.param, "decorrelate": not args.no_decorrelate},
+            "transforms": {"enabled": not args.no_transforms},
+            "rule": args.rule,
+        }
+    )
+    settings = settings.model_copy(update={"monitoring": False, "sampling": False})
+    state = AppState.open(settings)
+    try:
+        record = state.store.resolve(args.model)
+        work = featurevis_work(state, record, body)
+        result = work(ProgressBar(args.quiet), lambda: False)
+        paths = [args.out]
+        if len(result.images) > 1:
+            paths = [args.out.with_name(f"{args.out.stem}-{k}{args.out.suffix}") for k in
+                     range(len(result.images))]  # fmt: skip
+        for path, image in zip(paths, result.images, strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encode_png(image))
+        print(
+            f"{record.ref}: {len(result.curve)} steps in {result.seconds:.1f} s"
+            f" ({result.seconds / max(1, len(result.curve)) * 1000:.0f} ms/step); objective"
+            f" {result.initial:.4g} -> {result.final:.4g}; wrote {', '.join(map(str, paths))}"
+        )
+        if args.predict:
+            target = make_target(state, record, body.rule)
+            pixels = result.images.astype(np.float64).transpose(0, 3, 1, 2) / 255.0
+            scores = target.scores(resize(pixels, target.size)[0])
+            labels = record.card.labels or []
+            for k, row in enumerate(scores):
+                top = np.argsort(-row)[:5]
+                names = [f"{labels[i] if i < len(labels) else i} ({row[i]:.2f})" for i in top]
+                print(f"image {k} top-5: {', '.join(names)}")
+    finally:
+        state.admission.close()
+        state.monitor.close()
     return 0
 
 

@@ -95,6 +95,22 @@ class Settings(BaseSettings):
         None, description="Seed of the sampling draw (null = a different draw every start)."
     )
 
+    # Jobs: feature visualisation, DeepDream and inversion (docs/featurevis.md).
+    jobs_dir: Path | None = Field(
+        None, description="Where job states and results live (default <store>/.jobs)."
+    )
+    max_running_jobs: int = Field(1, ge=1, description="Jobs optimising at once.")
+    max_queued_jobs: int = Field(8, ge=0, description="Jobs waiting to run; then 503.")
+    max_job_steps: int = Field(4096, ge=1, description="Steps of one job (all octaves).")
+    max_job_size: int = Field(512, ge=8, description="Side of a job's image, pixels.")
+    max_job_batch: int = Field(8, ge=1, description="Images optimised together in one job.")
+    job_deadline_s: float = Field(
+        900.0, gt=0, description="A job still running after this fails (deadline)."
+    )
+    job_retention_s: float = Field(
+        86400.0, gt=0, description="How long finished jobs and their PNGs are kept."
+    )
+
     # Security.
     admin_token: str | None = Field(None, description="Bearer token for model registration.")
     api_tokens: list[str] = Field(

@@ -264,10 +264,18 @@ class ModelRunner:
         return self._companion_of(model_path, sha, layers, rule, input_gradient)
 
     def _companion_of(
-        self, source: Path, sha: str, layers: tuple[str, ...], rule: str, input_gradient: bool
+        self,
+        source: Path,
+        sha: str,
+        layers: tuple[str, ...],
+        rule: str,
+        input_gradient: bool,
+        score: str | None = None,
     ) -> _Graph:
-        """The companion graph of the graph at ``source`` (identified by ``sha``)."""
-        key = _key("companion", sha, layers, rule, input_gradient, self.score_output)
+        """The companion graph of the graph at ``source`` (identified by ``sha``), its score
+        the model's score output unless ``score`` names another tensor."""
+        score = score or self.score_output
+        key = _key("companion", sha, layers, rule, input_gradient, score)
 
         def build() -> _Graph:
             path, spec = load_or_build(
@@ -277,7 +285,7 @@ class ModelRunner:
                 layers,
                 rule,  # type: ignore[arg-type]
                 input_gradient,
-                self.score_output,
+                score,
             )
             return _Graph(path, (spec.image_input, spec.seed), spec.outputs, spec)
 
@@ -351,6 +359,27 @@ class ModelRunner:
             gradients=outs[2 : 2 + 2 * n : 2],
             input_gradient=outs[1 + 2 * n] if input_gradient else None,
         )
+
+    def objective_gradient(
+        self,
+        x: np.ndarray,
+        tensor: str,
+        seed: np.ndarray,
+        *,
+        rule: str = "standard",
+        batch_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The value of any ``tensor`` of the graph at ``x`` and d(sum(seed * tensor))/d(image)
+        in one run: the companion graph whose score is ``tensor`` (built once per (tensor,
+        rule), cached on disk like every other). Feature visualisation's step."""
+        _, model_path, sha = self._graph_model()
+        graph = self._companion_of(model_path, sha, (), rule, True, tensor)
+        x = np.asarray(x, dtype=np.float32)
+        seed = np.asarray(seed, dtype=np.float32)
+        if seed.shape[0] != x.shape[0]:
+            raise ValueError(f"seed has {seed.shape[0]} rows, x has {x.shape[0]}")
+        outs = self._run(graph, [x, seed], batch_size)
+        return outs[0], outs[1]
 
     # -- the head from a layer, and the masked forward ---------------------------------------
 

@@ -23,7 +23,18 @@ _ROOT = tempfile.mkdtemp(prefix="cnnvis-fuzz-")
 ModelStore(_ROOT).add(tiny_classifier(), tiny_card())
 # Registration and deletion stay behind a token, so the fuzzer cannot delete the model that
 # the other operations need; their refusals (401) are still checked.
-APP = create_app(Settings(store=_ROOT, admin_token="fuzz-admin-token", max_batch_size=1))
+# Jobs the fuzzer starts (featurevis, deepdream, invert) stay small: they run on in the
+# background for the rest of the worker's session otherwise.
+APP = create_app(
+    Settings(
+        store=_ROOT,
+        admin_token="fuzz-admin-token",
+        max_batch_size=1,
+        max_job_steps=4,
+        max_job_size=16,
+        max_job_batch=2,
+    )
+)
 _LIFESPAN = TestClient(APP)
 _LIFESPAN.__enter__()  # the app's state lives for the whole module
 
