@@ -23,6 +23,7 @@ from schemas.featurevis import (
 )
 from service.api.body import openapi_body, read_image_request
 from service.api.deps import ApiDep, StateDep
+from service.api.problems import parse_request
 from service.featurevis import jobs as build
 from service.imaging.render import to_base64
 from service.jobs import FINISHED, Job, JobManager, JobNotFound, Work
@@ -135,7 +136,7 @@ async def featurevis_route(
         payload = json.loads(await request.body() or b"null")
     except ValueError as exc:
         raise ProblemError(f"the body is not valid JSON: {exc}") from None
-    body = FeatureVisRequest.model_validate(payload)
+    body = parse_request(FeatureVisRequest, payload)
     work = await asyncio.to_thread(build.featurevis_work, state, record, body)
     params = body.model_dump(mode="json", by_alias=True)
     return _submit(request, state, record, "featurevis", params, body.steps, work)

@@ -233,6 +233,7 @@ def test_deepdream_and_invert_jobs(client: TestClient) -> None:
             "objective.vector",
         ),
         ({"objective": CHANNEL, "steps": 10_000}, "steps"),
+        ({"objective": CHANNEL, "steps": "many"}, "steps"),  # the schema's own check
         ({"objective": CHANNEL, "size": 4096}, "size"),
         ({"objective": CHANNEL, "batch": 99}, "batch"),
         ({"objective": {"type": "channel", "channel": 0}}, "objective.layer"),
