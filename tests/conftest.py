@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,38 @@ def tiny_card(name: str = "tiny", **overrides: object) -> ModelCard:
     fields: dict[str, object] = {"name": name, "input": spec, "labels": TINY_LABELS}
     fields.update(overrides)
     return ModelCard.model_validate(fields)
+
+
+@contextlib.contextmanager
+def serving(store: Path) -> Iterator[str]:
+    """A real uvicorn server over ``store`` on a free local port, in a thread: "host:port"."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(Settings(store=store)), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def png_bytes(array: np.ndarray) -> bytes:

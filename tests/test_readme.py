@@ -10,18 +10,13 @@ was refused.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from service.app import create_app
-from service.settings import Settings
+from tests.conftest import serving
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -33,22 +28,8 @@ def shell_blocks(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(effnet_store: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(Settings(store=effnet_store)), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(effnet_store) as address:
+        yield address
 
 
 @pytest.mark.slow

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import base64
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.imaging.preprocess import preprocess
 from service.settings import Settings
-from tests.conftest import png_bytes, tiny_card, tiny_classifier
+from tests.conftest import png_bytes, serving, tiny_card, tiny_classifier
 
 RNG = np.random.default_rng(3)
 PIXELS = [RNG.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in range(2)]
@@ -172,22 +168,8 @@ def test_v2_infer_bytes_and_fp32_agree(kclient: TestClient) -> None:
 
 @pytest.fixture(scope="module")
 def live_server(kstore: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(Settings(store=kstore)), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(kstore) as address:
+        yield address
 
 
 @pytest.mark.parametrize("binary", [False, True])
