@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Annotated, Literal
 
@@ -15,12 +14,9 @@ from schemas.explain import ExplainRequest, ExplainResponse, TopK
 from service.api.body import openapi_body, read_image_request
 from service.api.deps import ApiDep, StateDep
 from service.imaging.render import to_base64
-from service.monitoring.observation import Observation
 from service.pipeline.activations import activations, filters_png
 from service.pipeline.explain import explain
-from service.state import AppState
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/models", tags=["explain"], dependencies=[ApiDep])
 VersionQuery = Annotated[str | None, Query(description="Pin a version; default the newest.")]
 
@@ -81,7 +77,7 @@ async def explain_route(
         png,
         disconnected=request.is_disconnected,
     )
-    _observe(state, done.observations)
+    state.monitor.observe(done.observations)
     if png:
         return Response(done.pngs[0], media_type="image/png")
     timings = {"decode": round(parsed.decode_ms, 3), **done.timings_ms}
@@ -95,14 +91,6 @@ async def explain_route(
         timings_ms=timings,
         provenance=done.provenance,
     )
-
-
-def _observe(state: AppState, observations: list[Observation]) -> None:
-    """Hand the results to monitoring; a monitoring failure never fails the request."""
-    try:
-        state.monitor.observe(observations)
-    except Exception:  # pragma: no cover - the monitor's own bug, logged, not the client's
-        log.exception("monitor.observe failed")
 
 
 @router.post(

@@ -105,6 +105,7 @@ async def v1_explain(name: str, request: Request, state: StateDep) -> dict[str, 
     fields.setdefault("outputs", ["heatmap", "stats"])
     body = _explain_request(fields, len(images))
     done = await state.admission.run(record.name, explain, state, record, body, images)
+    state.monitor.observe(done.observations)
     predictions = [
         [r.target.model_dump() for r in done.results if r.image == i] for i in range(len(images))
     ]
@@ -299,6 +300,7 @@ async def _infer(
         fields["outputs"] = ["array", "overlay"]
         body = _explain_request(fields, len(images))
         explained = await state.admission.run(record.name, explain, state, record, body, images)
+        state.monitor.observe(explained.observations)
         tensors = _explain_tensors(explained)
         labels = {}
     outputs = _requested_outputs(header, tensors, labels)

@@ -131,7 +131,13 @@ class Monitor:
 
     def observe(self, observations: Sequence[Observation], source: str = "request") -> None:
         """Hand over the results of one explain run (source: request | sampled); never blocks
-        the caller."""
+        the caller, and never fails it: a fault here is logged, the request's answer stands."""
+        try:
+            self._enqueue(observations, source)
+        except Exception:  # pragma: no cover - the monitor's own bug, not the client's
+            log.exception("monitor.observe failed")
+
+    def _enqueue(self, observations: Sequence[Observation], source: str) -> None:
         if self._closed:
             return
         now = time.time()

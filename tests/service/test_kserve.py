@@ -239,3 +239,19 @@ def test_tritonclient_with_names_from_the_metadata(live_server: str, kclient: Te
         )
         assert int(index) == expected[0]["index"] and label == expected[0]["label"]
         assert float(value) == pytest.approx(float(raw.max()), abs=1e-5)
+
+
+def test_protocol_explanations_reach_monitoring(
+    kclient: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v1 :explain and v2 infer with a method feed the monitor like /explain does."""
+    seen: list[list[int]] = []
+    monitor = kclient.app.state.cnnvis.monitor  # type: ignore[attr-defined]
+    monkeypatch.setattr(monitor, "observe", lambda obs, source="request": seen.append(
+        [o.target for o in obs]))  # fmt: skip
+    body = {"instances": [{"data": B64[0], "target": 2}], "method": "gradcam"}
+    assert kclient.post("/v1/models/tiny:explain", json=body).status_code == 200
+    tensor = {"name": "image", "shape": [1], "datatype": "BYTES", "data": B64[:1]}
+    infer = {"inputs": [tensor], "parameters": {"method": "gradcam", "target": 1}}
+    assert kclient.post("/v2/models/tiny/infer", json=infer).status_code == 200
+    assert seen == [[2], [1]]
