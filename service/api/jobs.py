@@ -153,12 +153,7 @@ async def featurevis_route(
 async def deepdream_route(
     name: str, request: Request, state: StateDep, version: VersionQuery = None
 ) -> JSONResponse:
-    record = state.store.resolve(name, version)
-    parsed = await read_image_request(request, DeepDreamRequest, state.settings)
-    body: DeepDreamRequest = parsed.body
-    work = await asyncio.to_thread(build.deepdream_work, state, record, body, parsed.images[0])
-    params = body.model_dump(mode="json", by_alias=True, exclude={"images"})
-    return _submit(request, state, record, "deepdream", params, body.steps * body.octaves, work)
+    return await _image_job(name, version, request, state, "deepdream", DeepDreamRequest)
 
 
 @models.post(
@@ -172,12 +167,29 @@ async def deepdream_route(
 async def invert_route(
     name: str, request: Request, state: StateDep, version: VersionQuery = None
 ) -> JSONResponse:
+    return await _image_job(name, version, request, state, "invert", InvertRequest)
+
+
+async def _image_job(
+    name: str,
+    version: str | None,
+    request: Request,
+    state: AppState,
+    kind: str,
+    model: type[DeepDreamRequest] | type[InvertRequest],
+) -> JSONResponse:
+    """A job that starts from one posted image (DeepDream, inversion)."""
     record = state.store.resolve(name, version)
-    parsed = await read_image_request(request, InvertRequest, state.settings)
-    body: InvertRequest = parsed.body
-    work = await asyncio.to_thread(build.invert_work, state, record, body, parsed.images[0])
+    parsed = await read_image_request(request, model, state.settings)
+    body, image = parsed.body, parsed.images[0]
+    if isinstance(body, DeepDreamRequest):
+        steps = body.steps * body.octaves
+        work = await asyncio.to_thread(build.deepdream_work, state, record, body, image)
+    else:
+        steps = body.steps
+        work = await asyncio.to_thread(build.invert_work, state, record, body, image)
     params = body.model_dump(mode="json", by_alias=True, exclude={"images"})
-    return _submit(request, state, record, "invert", params, body.steps, work)
+    return _submit(request, state, record, kind, params, steps, work)
 
 
 @router.get("", response_model=JobList, summary="Every job kept (newest first), no images")
