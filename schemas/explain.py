@@ -31,7 +31,9 @@ Method = Literal[
     "occlusion",
 ]
 Output = Literal["heatmap", "overlay", "array", "stats"]
-Colormap = Literal["jet", "viridis", "inferno", "turbo", "gray", "magma", "plasma"]
+Colormap = Literal[
+    "jet", "viridis", "inferno", "turbo", "gray", "magma", "plasma", "coolwarm"
+]
 
 
 def _outputs(*names: Output) -> list[Output]:
@@ -48,14 +50,23 @@ Targets = Literal["top1"] | TopK | list[int | str] | list[list[int | str]]
 
 
 class Render(BaseModel):
+    """How maps become arrays and pictures. A field left null takes the method's default
+    (docs/methods.md, "Rendering defaults"): CAM maps min-max on jet; gradient magnitudes
+    clipped at the 99th percentile, the overlay's opacity following the map; signed
+    attributions on a diverging colormap centred at zero. Provenance reports them filled in."""
+
     model_config = ConfigDict(extra="forbid")
 
-    size: Literal["input", "original", "feature"] = Field(
-        "input",
-        description="input: the model's input size; original: the posted image's;"
-        " feature: the layer's resolution (CAM family only).",
+    size: Literal["auto", "input", "original", "feature"] = Field(
+        "auto",
+        description="auto: pictures at the posted image's size (the map where the model's"
+        " window lay, the rest of the photo dimmed), array and stats at the input size;"
+        " input: everything at the model's input size; original: everything at the posted"
+        " image's; feature: the layer's resolution (CAM family only).",
     )
-    normalize: Literal["minmax", "percentile", "none"] = "minmax"
+    normalize: Literal["minmax", "percentile", "none"] | None = Field(
+        None, description="null: the method's default (percentile for gradient maps)."
+    )
     relu: bool = Field(True, description="CAM family: ReLU before normalising.")
     reduce: Literal["auto", "abs_max", "sum", "none"] = Field(
         "auto",
@@ -63,12 +74,42 @@ class Render(BaseModel):
         " preprocessed input (array output only).",
     )
     interpolation: Literal["bilinear", "nearest"] = "bilinear"
-    colormap: Colormap = "jet"
-    alpha: float = Field(0.5, ge=0, le=1, description="Heatmap weight in the overlay.")
-    clip_percentiles: tuple[float, float] | None = Field(
-        None, description="normalize=percentile: the low and high percentiles (default 1, 99)."
+    colormap: Colormap | None = Field(
+        None, description="null: jet, or coolwarm for a diverging (polarity both) map."
     )
-    polarity: Literal["positive", "negative", "both"] = "positive"
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Heatmap weight in the overlay (with opacity=map, at the map's peak)."
+        " null: 0.5 with constant opacity, 0.8 with opacity=map.",
+    )
+    opacity: Literal["constant", "map"] | None = Field(
+        None,
+        description="Overlay: constant = alpha everywhere; map = alpha times the map's value"
+        " (its magnitude when diverging), so the photo shows where the map is low. null: the"
+        " method's default (constant for CAMs).",
+    )
+    clip_percentiles: tuple[float, float] | None = Field(
+        None,
+        description="normalize=percentile: the low and high percentiles (default 1, 99; the"
+        " method's own for gradient maps).",
+    )
+    polarity: Literal["positive", "negative", "both"] | None = Field(
+        None,
+        description="positive, negative (evidence against, rendered hot) or both (signed, in"
+        " [-1, 1]; pictures diverge from the middle colour). null: both for signed"
+        " attributions, else positive.",
+    )
+    view: Literal["colormap", "rgb", "outline"] = Field(
+        "colormap",
+        description="Pictures only: colormap = the map through the colormap; rgb = the"
+        " gradient image itself, each channel scaled, zero at mid-grey (gradient methods);"
+        " outline = the overlay draws the contour of the top outline_percent of the map.",
+    )
+    outline_percent: float = Field(
+        10.0, gt=0, lt=100, description="view=outline: the share of the map outlined, percent."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Render:

@@ -102,7 +102,14 @@ def saliency(
     )
 
 
-@register("inputxgradient", "gradient", {"batch_size": BATCH_SIZE}, uses_layers=False, ranked=True)
+@register(
+    "inputxgradient",
+    "gradient",
+    {"batch_size": BATCH_SIZE},
+    uses_layers=False,
+    ranked=True,
+    picture="signed",
+)
 def inputxgradient(
     runner: ModelRunner,
     x: np.ndarray,
@@ -317,6 +324,7 @@ def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
         ),
     },
     uses_layers=False,
+    picture="signed",
 )
 def integrated_gradients(
     runner: ModelRunner,

@@ -191,6 +191,7 @@ def ablationcam(
         "baseline": Option(0.0, number(-1e6, 1e6), "value written into the window, in model space"),
     },
     uses_layers=False,
+    picture="signed",
 )
 def occlusion(
     runner: ModelRunner,

@@ -15,6 +15,16 @@ import numpy as np
 from models_store.errors import ProblemError
 
 Kind = Literal["cam", "gradient", "perturbation"]
+# How a method's map reads, which sets its rendering defaults (service/pipeline/heatmaps.py,
+# docs/methods.md "Rendering defaults"): a CAM-like map of where the evidence is; the
+# magnitude of a gradient (sign-free, heavy-tailed); or a signed attribution that adds up to
+# a score difference (evidence for and against).
+Picture = Literal["cam", "magnitude", "signed"]
+_PICTURE_OF_KIND: dict[Kind, Picture] = {
+    "cam": "cam",
+    "gradient": "magnitude",
+    "perturbation": "cam",
+}
 
 
 @dataclass
@@ -53,6 +63,7 @@ class Method:
     # makes anyway: its first run sees the posted rows themselves (not SmoothGrad's noisy
     # copies, not IG's path, not occlusion's)
     ranked: bool = False
+    picture: Picture = "cam"
 
     def defaults(self) -> dict[str, Any]:
         return {k: o.default for k, o in self.options.items()}
@@ -68,12 +79,23 @@ def register(
     *,
     uses_layers: bool = True,
     ranked: bool = False,
+    picture: Picture | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
+    """``picture`` defaults from ``kind``: cam -> cam, gradient -> magnitude, perturbation ->
+    cam (Score-CAM, Ablation-CAM); signed attributions say ``picture="signed"``."""
+
     def deco(fn: MethodFn) -> MethodFn:
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
         METHODS[name] = Method(
-            name, kind, fn, dict(options), (fn.__doc__ or "").strip(), uses_layers, ranked
+            name,
+            kind,
+            fn,
+            dict(options),
+            (fn.__doc__ or "").strip(),
+            uses_layers,
+            ranked,
+            picture or _PICTURE_OF_KIND[kind],
         )
         return fn
 

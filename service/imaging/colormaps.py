@@ -11,6 +11,9 @@ No plotting library at runtime. Two kinds of definition:
   (Mikhailov 2019, Apache-2.0): every 5th entry of the published 256-entry tables
   (indices 0, 5, ..., 255), stored as RGB hex and linearly interpolated with ``np.interp``;
   within 2 levels of the published tables.
+* ``coolwarm`` (Moreland 2009, "Diverging Color Maps for Scientific Visualization"): the
+  diverging map for signed attributions (blue = against, light grey = 0, red = for), stored
+  the same way from the published 256-entry table.
 * ``gray``: identity ramp, ``gray[i] == (i, i, i)``.
 """
 
@@ -60,6 +63,12 @@ _ANCHORS_HEX = {
         "1fc9dd1ad4d018ddc21ae4b622ebaa2ff19b3ff68a52fa7a65fd6979fe598bff4b9cfe40a9fb39b7f735"
         "c3f134d0ea34dbe236e5d938eecf3af5c53afaba39fdae35fea130fe932afc8423f9751df46617ef5811"
         "e84b0ce14109d83706ce2d04c32503b71d02a916019b0f018b09027a0403"
+    ),
+    "coolwarm": (
+        "3b4cc04055c8465ecf4c66d6536edd5977e35f7fe86687ed6c8ff17396f57a9df881a4fb88abfd8fb1fe"
+        "96b7ff9dbdffa3c2feaac7fdb1cbfcb7cff9bed2f6c4d5f3cad8efcfdaead5dbe5dadce0dfdbd9e4d9d2"
+        "e9d5cbedd2c3f0cdbbf2c9b4f5c4acf6bea4f7b89cf7b194f7aa8cf6a385f59c7df39475f08b6eed8366"
+        "e97a5fe57058e16751dc5d4ad65244d0473dca3b37c32e31bb1b2cb40426"
     ),
 }
 

@@ -6,9 +6,10 @@ Conventions chosen where the reference libraries differ:
   ``x /= 1e-7 + x.max()`` (a constant map becomes all zeros, never NaN).
 * ``polarity``: ``positive`` keeps the map's sign, ``negative`` flips it (so "evidence against"
   renders hot); with ``relu`` the negative side is then dropped before normalising (as
-  pytorch-grad-cam does for CAMs). ``both`` is a diverging view: ``0.5 + x / (2 max|x|)``, so
-  zero sits at 0.5, the sign survives and equal magnitudes get equal distance from the middle;
-  ``relu`` does not apply to it.
+  pytorch-grad-cam does for CAMs). ``both`` keeps the sign: ``x / max|x|`` in [-1, 1] (with
+  ``percentile``, ``max|x|`` is the high percentile of ``|x|`` and the map is clipped), so zero
+  stays 0 and statistics of the positive part still mean "evidence for"; pictures show it
+  diverging from the colormap's middle (:func:`unit_interval`). ``relu`` does not apply.
 * ``resize_map``: OpenCV ``cv2.resize`` semantics (pytorch-grad-cam resizes with it): sample
   centres at ``(i + 0.5) * in / out - 0.5``, bilinear without antialiasing, border replicated.
   ``nearest`` uses the same half-pixel centres (OpenCV's ``INTER_NEAREST_EXACT``, torch's
@@ -61,6 +62,7 @@ __all__ = [
     "reduce_gradient",
     "resize_map",
     "to_base64",
+    "unit_interval",
 ]
 
 Normalize = Literal["minmax", "percentile", "none"]
@@ -112,7 +114,7 @@ def prepare_map(
             x = np.clip(x, -limit, limit)
         else:
             limit = float(magnitude.max())
-        return (0.5 + x / (2.0 * limit + EPS)).astype(np.float32)
+        return np.clip(x / (limit + EPS), -1.0, 1.0).astype(np.float32)
     if polarity == "negative":
         x = -x
     elif polarity != "positive":
@@ -120,6 +122,14 @@ def prepare_map(
     if relu:
         x = np.maximum(x, 0.0)
     return normalize(x, normalize_mode, clip_percentiles)
+
+
+def unit_interval(m: np.ndarray, polarity: Polarity) -> np.ndarray:
+    """A prepared map as colormap positions in [0, 1]: a signed (``both``) map in [-1, 1]
+    goes to ``0.5 + m / 2`` (zero at the middle colour), any other is already there."""
+    if polarity != "both":
+        return m
+    return (0.5 + 0.5 * np.asarray(m, dtype=np.float32)).astype(np.float32)
 
 
 def reduce_gradient(

@@ -31,30 +31,21 @@ from service.explain import CanonicalRunner, get_method, run_method
 from service.explain.faithfulness import faithfulness
 from service.explain.registry import resolve_options
 from service.explain.targets import rank_target
-from service.imaging.decode import to_8bit
 from service.imaging.preprocess import (
     Geometry,
     box_to_input,
     box_to_original,
-    input_window,
     preprocess_with_geometry,
     scale_box,
     to_original,
 )
-from service.imaging.render import (
-    encode_array,
-    encode_colormapped_png,
-    encode_png,
-    map_stats,
-    overlay_map,
-    resize_map,
-    to_base64,
-)
+from service.imaging.render import encode_array, map_stats, resize_map, to_base64
 from service.imaging.signals import box_to_map
 from service.monitoring.observation import Observation
-from service.pipeline.heatmaps import finish, fuse_cam_layers, gradient_map
+from service.pipeline.heatmaps import finish, fuse_cam_layers, gradient_map, resolve_render
 from service.pipeline.layout import canonical_runner, input_plan
 from service.pipeline.limits import check_work
+from service.pipeline.pictures import render_pictures
 from service.pipeline.targets import explicit_targets, requested_k, resolve_targets
 from service.scores import class_score, probabilities
 from service.state import AppState
@@ -93,6 +84,7 @@ def explain(
     """``png``: render only that PNG per result (for ``Accept: image/png``), nothing else
     (no stats, no faithfulness checks)."""
     card = record.card
+    body = body.model_copy(update={"render": resolve_render(body.render, body.method)})
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     # canonical NCHW rows; the runner feeds the model its own layout and dtype
@@ -129,7 +121,14 @@ def explain(
     want_stats = png is None and ("stats" in body.outputs or checks is not None)
     for r, (i, _) in enumerate(rows):
         rendered = _render_row(
-            body, output, r, images[i], geometries[i], png, regions if want_stats else None
+            body,
+            output,
+            r,
+            images[i],
+            geometries[i],
+            png,
+            regions if want_stats else None,
+            bgr=card.input.color == "BGR",
         )
         target = int(output.targets[r])  # type: ignore[index]
         cs = class_score(target, scores[r], probs[r], card)
@@ -235,14 +234,17 @@ def _render_row(
     geometry: Geometry,
     png: PngChoice | None,
     regions: dict[str, Box] | None,
+    *,
+    bgr: bool = False,
 ) -> _Rendered:
     """Row ``r``'s result; its stats (with ``regions``, normalised input-window boxes) when
-    ``regions`` is not None."""
+    ``regions`` is not None. ``body.render`` has its defaults filled in (resolve_render)."""
     render = body.render
     # CAM-like methods (the CAM family, Score-CAM, ablation) give (rows, h, w) per layer;
     # attribution methods give (rows, C, H, W) at the input
     cam_like = output.maps[0].ndim == 3  # type: ignore[attr-defined]
     input_hw = geometry.input_size
+    attribution = None
     raw: np.ndarray | None = None  # reduce=none: the (C, H, W) attribution itself
     if cam_like:
         maps = [m[r] for m in output.maps]  # type: ignore[attr-defined]
@@ -269,30 +271,17 @@ def _render_row(
         m = finish(reduced, render, cam_like=False)
 
     window_map = m  # over the model's input window (input or feature resolution)
-    original = None
-    if render.size == "original":
-        m = to_original(m, geometry)
-        original = to_8bit(image, "RGB")
-
     result = ExplainResult(image=0, target=Target(index=0, label=None, score=0, probability=0))
     # only what was asked for: PNG encoding is most of the rendering time
     wanted = {png} if png else set(body.outputs)
-    heat_png = overlay_png = None
-    if "heatmap" in wanted:  # values outside [0, 1] (normalize=none) take the end colours
-        heat_png = encode_colormapped_png(m, render.colormap)
-        result.heatmap = to_base64(heat_png)
-    if "overlay" in wanted:
-        backdrop = np.asarray(
-            original if original is not None else input_window(to_8bit(image, "RGB"), geometry)
-        )
-        # size=feature: blocks of the layer's cells over the input image
-        blended = overlay_map(
-            backdrop, m, render.colormap, render.alpha, nearest=render.size == "feature"
-        )
-        overlay_png = encode_png(blended)
-        result.overlay = to_base64(overlay_png)
+    pictures = render_pictures(m, attribution, image, geometry, render, wanted, bgr=bgr)
+    result.heatmap = to_base64(pictures.heatmap) if pictures.heatmap else None
+    result.overlay = to_base64(pictures.overlay) if pictures.overlay else None
     if png:
-        return _Rendered(result, heat_png if png == "heatmap" else overlay_png, window_map)
+        chosen = pictures.heatmap if png == "heatmap" else pictures.overlay
+        return _Rendered(result, chosen, window_map)
+    if render.size == "original":  # arrays and stats on the posted image's grid too
+        m = to_original(m, geometry)
     if "array" in wanted:
         result.array = ArrayOut(**encode_array(raw if raw is not None else m))
     if regions is not None:

@@ -13,6 +13,7 @@ ENDS = {
     "magma": ((0, 0, 4), (252, 253, 191)),
     "plasma": ((13, 8, 135), (240, 249, 33)),
     "turbo": ((48, 18, 59), (122, 4, 3)),
+    "coolwarm": ((59, 76, 192), (180, 4, 38)),
 }
 
 
@@ -60,7 +61,16 @@ def test_jet_matches_opencv():
     assert np.abs(COLORMAPS["turbo"].astype(int) - ref).max() <= 1
 
 
-@pytest.mark.parametrize("name", ["viridis", "inferno", "magma", "plasma", "turbo"])
+def test_coolwarm_diverges_from_a_light_grey_middle():
+    table = COLORMAPS["coolwarm"].astype(int)
+    lum = luminance(COLORMAPS["coolwarm"])
+    middle = int(np.argmax(lum))
+    assert 120 <= middle <= 135  # brightest near 0.5: zero attribution is the lightest colour
+    assert np.ptp(table[127]) <= 3  # and nearly grey
+    assert table[0, 2] > table[0, 0] and table[255, 0] > table[255, 2]  # blue below, red above
+
+
+@pytest.mark.parametrize("name", ["viridis", "inferno", "magma", "plasma", "turbo", "coolwarm"])
 def test_close_to_matplotlib(name):
     mpl = pytest.importorskip("matplotlib")
     ref = np.floor(mpl.colormaps[name](np.arange(256))[:, :3] * 255 + 0.5)

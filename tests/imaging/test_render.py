@@ -15,6 +15,7 @@ from service.imaging.render import (
     reduce_gradient,
     resize_map,
     to_base64,
+    unit_interval,
 )
 
 RNG = np.random.default_rng(7)
@@ -67,9 +68,18 @@ def test_polarity_positive_negative_both():
     np.testing.assert_allclose(neg, [[1.0, 0.0, 0.0, 0.0]], atol=1e-6)
     signed = prepare_map(m, polarity="positive", relu=False)  # plain min-max of the map
     np.testing.assert_allclose(signed, [[0.0, 2 / 6, 3 / 6, 1.0]], atol=1e-6)
-    both = prepare_map(m, polarity="both")
-    np.testing.assert_allclose(both, [[0.25, 0.5, 0.625, 1.0]], atol=1e-6)
-    assert prepare_map(np.zeros((2, 2)), polarity="both").tolist() == [[0.5, 0.5], [0.5, 0.5]]
+    both = prepare_map(m, polarity="both")  # signed, over max|m| = 4
+    np.testing.assert_allclose(both, [[-0.5, 0.0, 0.25, 1.0]], atol=1e-6)
+    assert prepare_map(np.zeros((2, 2)), polarity="both").tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    # pictures: zero at the colormap's middle
+    np.testing.assert_allclose(unit_interval(both, "both"), [[0.25, 0.5, 0.625, 1.0]], atol=1e-6)
+    assert unit_interval(pos, "positive") is pos
+    # percentile: the high percentile of |m| is the scale, beyond it clipped
+    wide = np.array([[-100.0, *range(-49, 50)]], dtype=np.float32)  # |m| mostly <= 49
+    clipped = prepare_map(wide, polarity="both", normalize_mode="percentile")
+    limit = np.percentile(np.abs(wide), 99)
+    np.testing.assert_allclose(clipped[0, 1:], np.clip(wide[0, 1:] / limit, -1, 1), atol=1e-6)
+    assert clipped[0, 0] == -1.0
 
 
 def test_reduce_gradient():

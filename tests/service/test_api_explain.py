@@ -52,7 +52,14 @@ def test_overlay_png_for_curl(api: TestClient, chelsea_png: bytes) -> None:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
     image = decode_png(response.content)
-    assert image.size == (224, 224) and image.mode == "RGB"
+    assert image.size == (451, 300) and image.mode == "RGB"  # the posted photo's size
+    window = api.post(
+        f"{URL}/explain",
+        params={"method": "gradcam", "render.size": "input"},
+        headers={"accept": "image/png"},
+        files={"image": ("cat.png", chelsea_png, "image/png")},
+    )
+    assert decode_png(window.content).size == (224, 224)  # the model's window, as asked
 
 
 def test_json_targets_arrays_stats(api: TestClient, cat_b64: str) -> None:
@@ -78,7 +85,9 @@ def test_json_targets_arrays_stats(api: TestClient, cat_b64: str) -> None:
     assert heat.shape == (224, 224) and heat.min() >= 0 and heat.max() <= 1
     assert first["stats"]["peak"] == list(np.unravel_index(heat.argmax(), heat.shape))
     assert 0 < first["stats"]["roi_fraction"] <= 1
-    assert decode_png(first["heatmap"]).size == (224, 224)
+    # pictures at the posted photo's size, transparent outside the model's window
+    picture = decode_png(first["heatmap"])
+    assert picture.size == (451, 300) and picture.mode == "RGBA"
     assert set(data["timings_ms"]) >= {"decode", "preprocess", "method", "render", "total"}
 
 

@@ -315,13 +315,16 @@ def test_provenance_names_everything(api: TestClient, image: str) -> None:
     assert prov["options"]["seed"] == 0 and prov["options"]["noise"] == 0.15  # defaults
     assert set(prov["options"]) >= {"samples", "noise", "squared", "seed", "batch_size"}
     assert prov["seed"] == 0
-    assert prov["render"]["size"] == "input" and prov["render"]["colormap"] == "jet"
-    assert prov["render"]["alpha"] == 0.5 and "clip_percentiles" in prov["render"]
+    # the render as used: a gradient magnitude's defaults filled in (docs/methods.md)
+    assert prov["render"]["size"] == "auto" and prov["render"]["colormap"] == "jet"
+    assert prov["render"]["normalize"] == "percentile" and prov["render"]["opacity"] == "map"
+    assert prov["render"]["alpha"] == 0.8 and prov["render"]["clip_percentiles"] == [0.0, 99.0]
     assert prov["targets"] == "top1"
     assert prov["faithfulness"] is None
     assert prov["regions"] == {k: list(v) for k, v in CARD_REGIONS.items()}
     gradcam = ok(post(api, "tiny", {"images": [image], "targets": {"top_k": 2}}))["provenance"]
     assert gradcam["seed"] is None and gradcam["layers"] == ["relu"]
+    assert gradcam["render"]["normalize"] == "minmax" and gradcam["render"]["alpha"] == 0.5
     assert gradcam["targets"] == {"top_k": 2}
     assert gradcam["options"]["fusion"] == "mean"  # a default, not posted
 
