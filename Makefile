@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Test workers: the suite takes ~36 min in one process on 2 cores, ~20 min on two.
 PYTEST_WORKERS ?= 2
 
-.PHONY: serve test lint typecheck store bench clean
+.PHONY: serve test lint typecheck store bench gallery clean
 
 $(PY):
 	@echo "creating $(VENV) (first time only)"
@@ -50,6 +50,10 @@ typecheck: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/companion_bench.py
+
+# docs/gallery.md and docs/gallery/: every method's default rendering on the sample photos
+gallery: store
+	$(PY) bench/gallery.py --store $(STORE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
