@@ -38,7 +38,13 @@ serve: store
 	@echo "serving $(STORE) on http://$(HOST):$(PORT) (try: curl $(HOST):$(PORT)/v1/models)"
 	$(VENV)/bin/cnnvis serve --host $(HOST) --port $(PORT) --store $(STORE)
 
-test: $(VENV)/.installed-dev
+# tests/ui drive Debian's Chromium through Playwright (Playwright's own browsers are never
+# downloaded); installed once, when it is missing.
+/usr/bin/chromium:
+	apt-get install -y --no-install-recommends chromium || \
+	  (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+test: $(VENV)/.installed-dev /usr/bin/chromium
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
