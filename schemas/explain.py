@@ -31,9 +31,7 @@ Method = Literal[
     "occlusion",
 ]
 Output = Literal["heatmap", "overlay", "array", "stats"]
-Colormap = Literal[
-    "jet", "viridis", "inferno", "turbo", "gray", "magma", "plasma", "coolwarm"
-]
+Colormap = Literal["jet", "viridis", "inferno", "turbo", "gray", "magma", "plasma", "coolwarm"]
 
 
 def _outputs(*names: Output) -> list[Output]:

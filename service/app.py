@@ -15,14 +15,17 @@ from schemas.problem import Problem
 from service import __version__, observability
 from service.api import (
     explain,
+    graph,
     health,
     jobs,
     kserve,
     models,
     monitoring,
     predict,
+    probes,
     problems,
     samples,
+    ui,
 )
 from service.api.body import add_body_schemas
 from service.api.limits import BodyLimit
@@ -67,15 +70,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         kserve.v1,
         kserve.v2,
         models.router,
+        graph.router,
         predict.router,
         explain.router,
         monitoring.router,
         samples.router,
+        probes.router,
         jobs.models,
         jobs.router,
+        ui.router,
     ):
         app.include_router(router)
     add_body_schemas(
-        app, [PredictRequest, ExplainRequest, ActivationsRequest, Problem, *jobs.BODIES]
+        app,
+        [
+            PredictRequest,
+            ExplainRequest,
+            ActivationsRequest,
+            Problem,
+            *jobs.BODIES,
+            *probes.BODIES,
+        ],
     )
     return app

@@ -66,6 +66,18 @@ class Settings(BaseSettings):
         50, ge=1, description="Explain faithfulness: deletion/insertion steps."
     )
 
+    # Probes: compare, invariance, adversarial (docs/probes.md).
+    max_adversarial_epsilon: float = Field(
+        32.0, ge=1, description="Adversarial: largest L-infinity budget, pixel levels (0..255)."
+    )
+    max_adversarial_steps: int = Field(100, ge=1, description="Adversarial: PGD steps.")
+    max_adversarial_sweep: int = Field(
+        8, ge=1, description="Adversarial: budgets tried in one sweep."
+    )
+    max_invariance_transforms: int = Field(
+        16, ge=1, description="Invariance: transformations per request."
+    )
+
     # Sampling: explanations of sampled /predict images (docs/monitoring.md).
     sampling: bool = Field(
         True, description="Explain /predict images as the cards' monitoring.sampling asks."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from models_store.errors import ProblemError
 from service.state import AppState
@@ -16,6 +16,8 @@ def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+# ?version= on every per-model route
+VersionQuery = Annotated[str | None, Query(description="Pin a version; default the newest.")]
 
 
 class Unauthorized(ProblemError):

@@ -12,13 +12,12 @@ from models_store.errors import ProblemError
 from schemas.activations import ActivationsRequest, ActivationsResponse, FiltersResponse
 from schemas.explain import ExplainRequest, ExplainResponse, TopK
 from service.api.body import openapi_body, read_image_request
-from service.api.deps import ApiDep, StateDep
+from service.api.deps import ApiDep, StateDep, VersionQuery
 from service.imaging.render import to_base64
 from service.pipeline.activations import activations, filters_png
 from service.pipeline.explain import explain
 
 router = APIRouter(prefix="/v1/models", tags=["explain"], dependencies=[ApiDep])
-VersionQuery = Annotated[str | None, Query(description="Pin a version; default the newest.")]
 
 
 class NotAcceptable(ProblemError):

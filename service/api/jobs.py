@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
@@ -22,7 +22,7 @@ from schemas.featurevis import (
     JobList,
 )
 from service.api.body import openapi_body, read_image_request
-from service.api.deps import ApiDep, StateDep
+from service.api.deps import ApiDep, StateDep, VersionQuery
 from service.api.problems import parse_request
 from service.featurevis import jobs as build
 from service.imaging.render import to_base64
@@ -32,7 +32,6 @@ from service.state import AppState
 
 models = APIRouter(prefix="/v1/models", tags=["featurevis"], dependencies=[ApiDep])
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[ApiDep])
-VersionQuery = Annotated[str | None, Query(description="Pin a version; default the newest.")]
 CANCEL_WAIT_S = 5.0  # DELETE of a running job waits this long for it to stop
 
 _lock = threading.Lock()

@@ -22,14 +22,13 @@ from schemas.models import (
     ModelList,
     TensorSpec,
 )
-from service.api.deps import AdminDep, StateDep
+from service.api.deps import AdminDep, StateDep, VersionQuery
 from service.api.problems import summarize_errors, validation_errors
 from service.errors import PayloadTooLarge
 from service.pipeline.layout import input_plan, layer_layouts
 from service.state import AppState
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-VersionQuery = Annotated[str | None, Query(description="Pin a version; default the newest.")]
 
 
 def model_info(state: AppState, record: ModelRecord) -> ModelInfo:

@@ -19,7 +19,7 @@ from schemas.monitoring import (
     BaselinesDeleted,
     DriftReport,
 )
-from service.api.deps import AdminDep, StateDep
+from service.api.deps import AdminDep, StateDep, VersionQuery
 from service.errors import ServiceUnavailable
 from service.imaging.decode import decode_base64_image
 from service.monitoring.baselines import Baseline, ReferenceSet
@@ -28,7 +28,6 @@ from service.pipeline.explain import Explained, explain
 from service.state import AppState
 
 router = APIRouter(prefix="/v1/models", tags=["monitoring"])
-VersionQuery = Annotated[str | None, Query(description="Pin a version; default the newest.")]
 MethodQuery = Annotated[Method, Query(description="The explanation method.")]
 
 
