@@ -187,6 +187,17 @@ def to_original(map_hw: np.ndarray, geometry: Geometry, fill: float = 0.0) -> np
     return out
 
 
+def window_mask(geometry: Geometry) -> np.ndarray:
+    """(H, W) bool on the original image: True where :func:`to_original` samples the map,
+    False where it writes ``fill`` (outside the model's input window)."""
+    (oh, ow), (rh, rw) = geometry.original_size, geometry.resized_size
+    left, top, _, _ = geometry.crop_box
+    h, w = geometry.input_size
+    _, inside_y = _axis_taps(oh, rh, oh, top, h)
+    _, inside_x = _axis_taps(ow, rw, ow, left, w)
+    return inside_y[:, None] & inside_x[None, :]
+
+
 def box_to_input(box: Sequence[float], geometry: Geometry) -> tuple[float, float, float, float]:
     """An ``[x0, y0, x1, y1]`` box in original pixels -> the same box in input-map pixels.
 

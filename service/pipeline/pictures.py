@@ -19,7 +19,7 @@ from schemas.explain import Render
 from service.imaging import views
 from service.imaging.colormaps import colormap_table
 from service.imaging.decode import to_8bit
-from service.imaging.preprocess import Geometry, input_window, to_original
+from service.imaging.preprocess import Geometry, input_window, to_original, window_mask
 from service.imaging.render import (
     encode_colormapped_png,
     encode_png,
@@ -42,12 +42,6 @@ class Pictures:
 def on_photo(render: Render) -> bool:
     """Pictures on the posted image's grid (``size`` auto or original)."""
     return render.size in ("auto", "original")
-
-
-def window_inside(geometry: Geometry) -> np.ndarray:
-    """HxW bool on the original image: True where the model's input window covers it."""
-    ones = np.ones(geometry.input_size, dtype=np.float32)
-    return to_original(ones, geometry, fill=0.0) > 0.0
 
 
 def render_pictures(
@@ -85,7 +79,7 @@ def render_pictures(
         unit = to_original(unit, geometry, fill=0.0)
         if rgb is not None:
             rgb = to_original(rgb, geometry, fill=0.5)
-        inside = window_inside(geometry)
+        inside = window_mask(geometry)  # no second resize: the same masks
         if inside.all():
             inside = None
     plain = render.view == "colormap" and inside is None
